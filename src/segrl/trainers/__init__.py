@@ -1,0 +1,1 @@
+"""Trainers: thin subclasses of TRL's, one method per module."""

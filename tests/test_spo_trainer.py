@@ -1,0 +1,98 @@
+"""SPOTrainer (chain) on a tiny random model: equality with GRPO where they must agree, MC values, training."""
+
+import pytest
+import torch
+from datasets import Dataset
+from transformers import AutoModelForCausalLM, AutoTokenizer
+from trl import GRPOConfig, GRPOTrainer
+
+from segrl.errors import UserError
+from segrl.trainers.spo import SPOConfig, SPOTrainer
+
+COMMON = dict(
+    per_device_train_batch_size=4, num_generations=4, max_completion_length=8, max_steps=2, learning_rate=1e-2,
+    report_to="none", logging_steps=1, save_strategy="no", use_cpu=True, seed=0, temperature=1.0,
+)
+
+
+def letters_reward(prompts, completions, **kwargs):
+    """A reward with spread on random text: the fraction of letters that are 'e'."""
+    return [text.count("e") / max(1, sum(c.isalpha() for c in text)) for text in completions]
+
+
+@pytest.fixture
+def parts(random_model_dir, tmp_path):
+    tokenizer = AutoTokenizer.from_pretrained(random_model_dir)
+    dataset = Dataset.from_dict({"prompt": ["The soup was", "We sat by the", "Would we", "The bread"] * 2})
+
+    def build(trainer_class, config_class, **overrides):
+        torch.manual_seed(0)
+        model = AutoModelForCausalLM.from_pretrained(random_model_dir)
+        config = config_class(output_dir=str(tmp_path / trainer_class.__name__), **{**COMMON, **overrides})
+        return trainer_class(model=model, reward_funcs=[letters_reward], args=config, train_dataset=dataset,
+                             processing_class=tokenizer)
+
+    return build
+
+
+def rollout(trainer):
+    """One generation batch in training mode: one prompt, its group of 4 completions."""
+    trainer.model.train()
+    return trainer._generate_and_score_completions([{"prompt": "The soup was"}] * 4)
+
+
+def test_one_segment_with_group_baseline_is_grpo_without_std_scaling(parts):
+    """No boundary to value (one segment), baseline = group mean, no mask, no whitening: A = R - mean, as GRPO."""
+    grpo = parts(GRPOTrainer, GRPOConfig, scale_rewards="none")
+    spo = parts(SPOTrainer, SPOConfig, scale_rewards="none", partition="fixed", segment_length=100,
+                segment0_baseline="group_mean", use_prob_mask=False, whiten_advantages=False)
+    torch.manual_seed(1)
+    expected = rollout(grpo)
+    torch.manual_seed(1)
+    actual = rollout(spo)
+    assert torch.equal(actual["completion_ids"], expected["completion_ids"])
+    mask = expected["completion_mask"].bool()
+    assert expected["advantages"].abs().sum() > 0  # the rewards do differ within the group
+    broadcast = expected["advantages"].unsqueeze(1).expand_as(mask) * mask
+    torch.testing.assert_close(actual["advantages"], broadcast)
+    assert spo._metrics["train"]["segments/mc_states"] == [0.0]
+
+
+def test_loss_with_broadcast_advantages_equals_grpo_loss(parts):
+    grpo = parts(GRPOTrainer, GRPOConfig)
+    spo = parts(SPOTrainer, SPOConfig, use_prob_mask=False)
+    torch.manual_seed(2)
+    inputs = rollout(grpo)
+    inputs["advantages"] = torch.tensor([1.0, -0.5, 0.25, -0.75])
+    spo_inputs = dict(inputs, advantages=inputs["advantages"].unsqueeze(1).expand_as(inputs["completion_mask"]).clone(),
+                      tool_mask=torch.ones_like(inputs["completion_mask"]))
+    grpo.current_gradient_accumulation_steps = spo.current_gradient_accumulation_steps = 1  # set by train()
+    torch.testing.assert_close(spo._compute_loss(spo.model, spo_inputs), grpo._compute_loss(grpo.model, inputs))
+
+
+def test_chain_values_states_by_monte_carlo(parts):
+    spo = parts(SPOTrainer, SPOConfig, partition="fixed", segment_length=3, num_mc_samples=2)
+    out = rollout(spo)
+    metrics = spo._metrics["train"]
+    lengths = out["completion_mask"].sum(dim=1)
+    boundaries = int(((lengths - 1) // 3).sum())  # one state per segment start after the first
+    assert metrics["segments/mc_states"][0] + metrics["segments/dedup_rate"][0] * boundaries == pytest.approx(boundaries)
+    assert metrics["segments/mc_tokens"][0] > 0
+    assert out["advantages"].shape == out["completion_ids"].shape
+    assert torch.isfinite(out["advantages"]).all()
+
+
+def test_two_training_steps_change_the_parameters(parts):
+    spo = parts(SPOTrainer, SPOConfig, num_mc_samples=2, cutpoint_interval=2)
+    before = [p.detach().clone() for p in spo.model.parameters()]
+    spo.train()
+    changed = any(not torch.equal(a, b) for a, b in zip(before, spo.model.parameters()))
+    assert changed
+    losses = [log["loss"] for log in spo.state.log_history if "loss" in log]
+    assert len(losses) == 2 and all(torch.isfinite(torch.tensor(losses)))
+    assert any("segments/per_completion" in log for log in spo.state.log_history)
+
+
+def test_bad_config_is_a_user_error(tmp_path):
+    with pytest.raises(UserError, match="partition"):
+        SPOConfig(output_dir=str(tmp_path), partition="sentences", report_to="none")
