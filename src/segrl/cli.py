@@ -129,3 +129,40 @@ def segment(
         console.print(view.render_terminal(result, colour=console.color_system is not None), highlight=False)
     write_text_atomic(html, view.render_html(results, title=f"segrl segment: {model}, {method}"))
     console.print(f"HTML page with per-token signals: [bold]{os.path.abspath(html)}[/]", highlight=False)
+
+
+@app.command(
+    context_settings={"allow_extra_args": True, "ignore_unknown_options": True, "help_option_names": []},
+)
+@user_errors
+def train(
+    ctx: typer.Context,
+    method: Annotated[str, typer.Argument(help="grpo (TRL's GRPO, the baseline) or spo (SPO-chain).")],
+):
+    """Train a policy on a built-in task with GRPO or SPO.
+
+    Every other flag follows TRL's convention: --config run.yaml, then any field of the run (--task, --model,
+    --train_examples, --eval_examples, --eval_every) or of GRPOConfig/SPOConfig (--max_steps, --learning_rate,
+    --num_generations, --num_mc_samples, --use_prob_mask ...) as --name value. `segrl train spo --help` lists them.
+    """
+    import torch
+    from trl import GRPOConfig, TrlParser
+
+    from segrl.trainers.spo import SPOConfig
+    from segrl.training import METHODS, RunArguments
+    from segrl.training import train as run_training
+
+    if method not in METHODS:
+        raise UserError(f"Unknown method '{method}'; expected one of {', '.join(METHODS)}")
+    parser = TrlParser((RunArguments, SPOConfig if method == "spo" else GRPOConfig), prog=f"segrl train {method}")
+    args = list(ctx.args)
+    if not torch.cuda.is_available() and not any(a.startswith("--use_cpu") for a in args):
+        args += ["--use_cpu", "true"]  # TRL's configs default to bf16, which a CPU-only machine refuses
+    if "--output_dir" not in args and not any(a.startswith("--output_dir=") for a in args):
+        args += ["--output_dir", f"runs/{method}"]
+    try:
+        run, config = parser.parse_args_and_config(args=args)
+    except SystemExit as exit_:  # argparse already printed its usage or error message
+        raise typer.Exit(0 if exit_.code in (0, None) else 2) from None
+    out = run_training(method, run, config)
+    console.print(f"Run written to [bold]{out}[/]: config.json, metrics.jsonl, final/", highlight=False)
