@@ -78,6 +78,9 @@ def test_chain_values_states_by_monte_carlo(parts):
     boundaries = int(((lengths - 1) // 3).sum())  # one state per segment start after the first
     assert metrics["segments/mc_states"][0] + metrics["segments/dedup_rate"][0] * boundaries == pytest.approx(boundaries)
     assert metrics["segments/mc_tokens"][0] > 0
+    policy_tokens = out["completion_mask"].sum().item()
+    assert metrics["segments/policy_tokens"] == [policy_tokens]
+    assert metrics["tokens/generated"] == [policy_tokens + metrics["segments/mc_tokens"][0]]
     assert out["advantages"].shape == out["completion_ids"].shape
     assert torch.isfinite(out["advantages"]).all()
 

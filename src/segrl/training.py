@@ -102,10 +102,9 @@ def train(method: str, run: RunArguments, config) -> Path:
 
     Returns the output directory.
     """
-    from trl import GRPOTrainer
-
     from segrl.models import load_model
     from segrl.tasks import get_task
+    from segrl.trainers.grpo import TokenCountingGRPOTrainer
     from segrl.trainers.spo import SPOConfig, SPOTrainer
 
     if method not in METHODS:
@@ -126,7 +125,7 @@ def train(method: str, run: RunArguments, config) -> Path:
 
     logger = RunLogger(out / "metrics.jsonl", task, eval_set, run.eval_every, config.temperature,
                        config.max_completion_length)
-    trainer_class = SPOTrainer if method == "spo" else GRPOTrainer
+    trainer_class = SPOTrainer if method == "spo" else TokenCountingGRPOTrainer
     trainer = trainer_class(
         model=model, reward_funcs=[task.reward], args=config, train_dataset=train_set, processing_class=tokenizer,
         callbacks=[logger],

@@ -35,7 +35,8 @@ Deviations from the paper and the released code, and why:
 Metrics (under ``segments/``): ``per_completion`` (mean segments per completion), ``mean_length`` (tokens),
 ``mc_states`` (states valued), ``dedup_rate`` (fraction of requested states that were duplicates), ``mc_tokens``
 and ``policy_tokens`` (generated tokens), ``masked_in_fraction`` (completion tokens in the loss),
-``mask_fallback`` (batches that fell back to all tokens) and ``time/mc_seconds``.
+``mask_fallback`` (batches that fell back to all tokens) and ``time/mc_seconds``; ``tokens/generated`` (cumulative,
+policy plus MC) is the cost axis shared with the GRPO baseline (:mod:`segrl.trainers.grpo`).
 """
 
 from __future__ import annotations
@@ -46,12 +47,13 @@ from typing import Any
 
 import torch
 from torch import nn
-from trl import GRPOConfig, GRPOTrainer
+from trl import GRPOConfig
 from trl.data_utils import is_conversational
 
 from segrl import advantages as adv
 from segrl import segmentation as seg
 from segrl.errors import UserError
+from segrl.trainers.grpo import TokenCountingGRPOTrainer
 
 
 @dataclass
@@ -97,7 +99,7 @@ class SPOConfig(GRPOConfig):
         super().__post_init__()
 
 
-class SPOTrainer(GRPOTrainer):
+class SPOTrainer(TokenCountingGRPOTrainer):
     """``GRPOTrainer`` whose advantages are SPO-chain's Monte Carlo segment advantages (see the module docstring)."""
 
     def __init__(self, *args, **kwargs):
@@ -138,6 +140,9 @@ class SPOTrainer(GRPOTrainer):
         start = time.perf_counter()
         values, mc_stats = self._estimate_values(inputs, prompt_ids, prompt_mask, completion_ids, boundaries)
         self._metrics[mode]["segments/time/mc_seconds"].append(time.perf_counter() - start)
+        if mode == "train":
+            self.count_generated(int(mc_stats["mc_tokens"]))
+            self._metrics[mode]["tokens/generated"] = [self.generated_tokens]
 
         baseline = group_baseline if args.segment0_baseline == "group_mean" else None
         token_advantages = adv.chain_advantages(boundaries.start_values(values), final_rewards, segment_ids, baseline)
