@@ -1,0 +1,56 @@
+"""Built-in tasks: deterministic data generators, verifiers and oracles that run offline.
+
+Use :func:`get_task` to get a task module by name (``get_task("arith")``). Each task is one module, imported
+lazily, that follows this contract:
+
+``make_dataset(split: str, num_examples: int, seed: int = 0, **difficulty) -> datasets.Dataset``
+    ``split`` is ``"train"`` or ``"test"``. The rows use TRL's column names: ``prompt`` (str), ``completion``
+    (str, the demonstration used for SFT), plus the task's ground-truth columns (for ``arith``: ``answer``).
+    The result is a pure function of ``(split, num_examples, seed, difficulty)``; the train and test splits are
+    disjoint (no test problem text appears in train, for any sizes and seeds). A smaller ``num_examples`` gives
+    a prefix of a larger one. ``difficulty`` holds the task's documented knobs; an unknown knob or a bad value
+    raises :class:`segrl.errors.UserError`.
+
+``reward(prompts, completions, **columns) -> list[float | None]``
+    TRL's reward-function signature (``GRPOTrainer(reward_funcs=[task.reward])`` works as is): the extra dataset
+    columns arrive as keyword lists (``answer=[...]``), and TRL's own extra keywords (``completion_ids``,
+    ``trainer_state``, ...) are accepted and ignored. A completion may be a plain string or a conversational list
+    of messages (``[{"role": "assistant", "content": "..."}]``). Garbage completions score the task's minimum;
+    they never raise.
+
+``corpus(seed: int = 0) -> list[str]``
+    Text to train the task's own tokenizer on (used by the ``tiny-<task>`` presets, :mod:`segrl.tiny`).
+
+Built-in tasks: ``arith`` (multi-step arithmetic word problems). Planned: ``facts``, ``sentiment``,
+``grounding``, ``toymt``.
+"""
+
+from __future__ import annotations
+
+import importlib
+from types import ModuleType
+
+from segrl.errors import UserError
+
+#: Task name -> module that implements it (imported only when asked for).
+TASKS: dict[str, str] = {
+    "arith": "segrl.tasks.arith",
+}
+
+
+def task_names() -> list[str]:
+    """The names of the built-in tasks, sorted."""
+    return sorted(TASKS)
+
+
+def get_task(name: str) -> ModuleType:
+    """Return the module of the built-in task ``name`` (see this package's docstring for its contract).
+
+    Raises :class:`UserError` for an unknown name, listing the known ones.
+    """
+    if not isinstance(name, str) or name not in TASKS:
+        raise UserError(f"Unknown task {name!r}; the built-in tasks are: {', '.join(task_names())}")
+    return importlib.import_module(TASKS[name])
+
+
+__all__ = ["TASKS", "get_task", "task_names"]
