@@ -109,3 +109,22 @@ def test_local_directory_loads(random_model_dir):
     model, tokenizer = load_model(str(random_model_dir), device="cpu")
     assert not model.training
     assert tokenizer.pad_token == "<pad>"
+
+
+def test_tiny_preset_is_built_once_then_loaded_from_cache(tmp_path, monkeypatch):
+    from segrl import tiny
+
+    model, tokenizer = load_model("tiny-arith", cache_dir=tmp_path, tiny_size="test", seed=3, device="cpu")
+    preset_dir = tmp_path / f"tiny-arith-test-seed3-v{tiny.RECIPE_VERSION}"
+    info = json.loads((preset_dir / "preset.json").read_text())
+    assert info["task"] == "arith" and info["size"] == "test" and info["seed"] == 3
+    assert 0.0 <= info["greedy_accuracy"] <= 1.0 and info["sft_seconds"] > 0
+
+    def must_not_run(*args, **kwargs):
+        raise AssertionError("the second load rebuilt the preset")
+
+    monkeypatch.setattr(tiny, "build_tiny", must_not_run)
+    again, _ = load_model("tiny-arith", cache_dir=tmp_path, tiny_size="test", seed=3, device="cpu")
+    assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), again.state_dict().values()))
+    with pytest.raises(UserError, match="Unknown tiny model size"):
+        load_model("tiny-arith", cache_dir=tmp_path, tiny_size="huge")
