@@ -25,6 +25,7 @@ def test_train_writes_config_metrics_and_model(random_model_dir, tmp_path, metho
     evals = [r for r in records if "eval/accuracy" in r]
     assert [r["step"] for r in evals] == [0, 1, 2]
     assert all(0.0 <= r["eval/accuracy"] <= 1.0 for r in evals)
+    assert evals[0]["tokens/generated"] == 0 and evals[2]["tokens/generated"] > evals[1]["tokens/generated"] > 0
     assert any("loss" in r for r in records)
     if method == "spo":
         assert any("segments/per_completion" in r for r in records)
@@ -36,3 +37,5 @@ def test_unknown_method_and_bad_flag():
     assert result.exit_code == 2 and "Unknown method 'ppo'" in result.output
     result = runner.invoke(app, ["train", "spo", "--partition", "sentences"])
     assert result.exit_code == 2 and "partition" in result.output
+    result = runner.invoke(app, ["train", "grpo", "--eval_every", "3", "--logging_steps", "2"])
+    assert result.exit_code == 2 and "must be a multiple of --logging_steps" in result.output

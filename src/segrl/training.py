@@ -45,14 +45,18 @@ class RunArguments:
 
 
 class RunLogger(TrainerCallback):
-    """Write the run's ``metrics.jsonl``: every trainer log, and a held-out evaluation at the start, every
-    ``eval_every`` steps and at the end. Each record carries ``step`` and ``wall_seconds`` since the start, and is
-    flushed as it is written; evaluation records also go into ``state.log_history``."""
+    """Write the run's ``metrics.jsonl``: every trainer log, plus a held-out evaluation at the start, right after
+    the log of every ``eval_every``-th step, and at the end. Each record carries ``step`` and
+    ``wall_seconds`` (training time since the start, evaluation excluded) and is flushed as it is written.
+    Evaluation records repeat the latest ``tokens/generated``, so that accuracy can be plotted against cost; they
+    also go into ``state.log_history``."""
 
     def __init__(self, path: Path, task, eval_set, eval_every: int, temperature: float, max_new_tokens: int):
         self.path, self.task, self.eval_set, self.eval_every = path, task, eval_set, eval_every
         self.temperature, self.max_new_tokens = temperature, max_new_tokens
         self.start = time.perf_counter()
+        self.generated_tokens = 0
+        self.last_eval_step = None
 
     def _write(self, state, record: dict) -> dict:
         record = {"step": state.global_step, "wall_seconds": round(time.perf_counter() - self.start, 3), **record}
@@ -70,19 +74,27 @@ class RunLogger(TrainerCallback):
                                       temperature=self.temperature, max_new_tokens=self.max_new_tokens),
             "eval/accuracy_greedy": evaluate(model, tokenizer, self.task, self.eval_set, greedy=True,
                                              max_new_tokens=self.max_new_tokens),
+            "tokens/generated": self.generated_tokens,
         }
         model.train()
-        self.start += time.perf_counter() - eval_start  # wall_seconds counts training time only
+        self.start += time.perf_counter() - eval_start
+        self.last_eval_step = state.global_step
         state.log_history.append(self._write(state, scores))
 
-    def on_log(self, args, state, control, logs=None, **kwargs):
-        self._write(state, logs or {})
-
     def on_train_begin(self, args, state, control, model=None, processing_class=None, **kwargs):
+        self.start = time.perf_counter()
         self._evaluate(state, model, processing_class)
 
-    def on_step_end(self, args, state, control, model=None, processing_class=None, **kwargs):
-        if state.global_step % self.eval_every == 0 or state.global_step == state.max_steps:
+    def on_log(self, args, state, control, logs=None, model=None, processing_class=None, **kwargs):
+        logs = logs or {}
+        self.generated_tokens = logs.get("tokens/generated", self.generated_tokens)
+        self._write(state, logs)
+        is_step_log = "loss" in logs
+        if is_step_log and (state.global_step % self.eval_every == 0 or state.global_step == state.max_steps):
+            self._evaluate(state, model, processing_class)
+
+    def on_train_end(self, args, state, control, model=None, processing_class=None, **kwargs):
+        if self.last_eval_step != state.global_step:  # the last step was not logged on its own
             self._evaluate(state, model, processing_class)
 
 
@@ -111,6 +123,11 @@ def train(method: str, run: RunArguments, config) -> Path:
         raise UserError(f"Unknown method {method!r}; expected one of {', '.join(METHODS)}")
     if method == "spo" and not isinstance(config, SPOConfig):
         raise UserError("segrl train spo needs an SPOConfig")
+    if run.eval_every % config.logging_steps != 0:
+        raise UserError(
+            f"--eval_every ({run.eval_every}) must be a multiple of --logging_steps ({config.logging_steps}): "
+            "held-out accuracy is measured right after a step's log"
+        )
     task = get_task(run.task)
     model, tokenizer = load_model(run.model, cache_dir=run.cache_dir, seed=config.seed, device="cpu")
     tokenizer.padding_side = "left"
