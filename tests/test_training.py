@@ -29,6 +29,8 @@ def test_train_writes_config_metrics_and_model(random_model_dir, tmp_path, metho
     assert any("loss" in r for r in records)
     if method == "spo":
         assert any("segments/per_completion" in r for r in records)
+        example = json.loads((out / "example.json").read_text())
+        assert len(example["pieces"]) == len(example["segment_ids"]) == len(example["advantages"]) > 0
     assert (out / "final" / "model.safetensors").exists()
 
 

@@ -149,4 +149,6 @@ def train(method: str, run: RunArguments, config) -> Path:
     )
     trainer.train()
     trainer.save_model(str(out / "final"))
+    if getattr(trainer, "last_example", None) is not None:
+        write_text_atomic(out / "example.json", json.dumps(trainer.last_example) + "\n")
     return out

@@ -107,6 +107,7 @@ class SPOTrainer(TokenCountingGRPOTrainer):
         if any(isinstance(func, nn.Module) for func in self.reward_funcs):
             raise UserError("SPOTrainer scores Monte Carlo rollouts with Python reward functions only")
         self._last_rewards_per_func = None
+        self.last_example: dict | None = None  # one completion of the latest batch, with its advantages
 
     def _calculate_rewards(self, inputs, prompts, completions, completion_ids_list):
         # Keep GRPO's rewards (gathered over processes) so that R needs no second scoring.
@@ -156,6 +157,8 @@ class SPOTrainer(TokenCountingGRPOTrainer):
         output["tool_mask"] = loss_mask.long()
         output["num_items_in_batch"] = self.accelerator.gather(loss_mask.sum()).sum()
 
+        self.last_example = self._example(inputs, completion_ids, completion_mask, segment_ids, output["advantages"],
+                                          final_rewards)
         lengths = seg.segment_lengths(segment_ids).float()
         metrics = self._metrics[mode]
         metrics["segments/per_completion"].append(seg.num_segments(segment_ids).float().mean().item())
@@ -166,6 +169,20 @@ class SPOTrainer(TokenCountingGRPOTrainer):
         for name, value in mc_stats.items():
             metrics[f"segments/{name}"].append(value)
         return output
+
+    def _example(self, inputs, completion_ids, completion_mask, segment_ids, advantages, final_rewards) -> dict:
+        """One completion of the batch (the first with a non-zero advantage) for reports: its token pieces, segment
+        ids and per-token advantages."""
+        nonzero = (advantages != 0).any(dim=1).nonzero()
+        row = int(nonzero[0]) if len(nonzero) else 0
+        keep = completion_mask[row]
+        return {
+            "prompt": inputs[row]["prompt"] if isinstance(inputs[row]["prompt"], str) else str(inputs[row]["prompt"]),
+            "pieces": [self.processing_class.decode([t]) for t in completion_ids[row][keep].tolist()],
+            "segment_ids": segment_ids[row][keep].tolist(),
+            "advantages": advantages[row][keep].tolist(),
+            "reward": float(final_rewards[row]),
+        }
 
     @torch.no_grad()
     def _sampling_token_probs(self, output: dict[str, Any]) -> torch.Tensor:
