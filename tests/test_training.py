@@ -41,3 +41,19 @@ def test_unknown_method_and_bad_flag():
     assert result.exit_code == 2 and "partition" in result.output
     result = runner.invoke(app, ["train", "grpo", "--eval_every", "3", "--logging_steps", "2"])
     assert result.exit_code == 2 and "must be a multiple of --logging_steps" in result.output
+
+
+def test_generated_token_budget_stops_training(random_model_dir, tmp_path):
+    out = tmp_path / "budget"
+    args = ["train", "grpo", "--model", str(random_model_dir), "--output_dir", str(out), "--max_steps", "50",
+            "--per_device_train_batch_size", "4", "--num_generations", "4", "--max_completion_length", "8",
+            "--train_examples", "16", "--eval_examples", "2", "--eval_every", "5", "--report_to", "none",
+            "--logging_steps", "1", "--save_strategy", "no", "--max_generated_tokens", "40"]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0, result.output
+    records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    steps = [r for r in records if "loss" in r]
+    # 4 completions of at most 8 tokens per step: the budget of 40 is reached after 2 to 10 steps, not 50
+    assert 2 <= len(steps) <= 10
+    assert steps[-1]["tokens/generated"] >= 40 > steps[-2]["tokens/generated"]
+    assert records[-1]["step"] == steps[-1]["step"] and "eval/accuracy" in records[-1]

@@ -41,18 +41,25 @@ class RunArguments:
     train_examples: int = field(default=2048, metadata={"help": "Prompts in the training split."})
     eval_examples: int = field(default=200, metadata={"help": "Held-out prompts for accuracy along the way."})
     eval_every: int = field(default=10, metadata={"help": "Evaluate held-out accuracy every this many steps."})
+    max_generated_tokens: int | None = field(
+        default=None,
+        metadata={"help": "Stop once this many tokens were generated (policy + MC rollouts): equal-cost comparisons."},
+    )
     cache_dir: str | None = field(default=None, metadata={"help": "Preset cache [default: $SEGRL_CACHE]."})
 
 
 class RunLogger(TrainerCallback):
     """Write the run's ``metrics.jsonl``: every trainer log, plus a held-out evaluation at the start, right after
     the log of every ``eval_every``-th step, and at the end. Each record carries ``step`` and
-    ``wall_seconds`` (training time since the start, evaluation excluded) and is flushed as it is written.
+    ``wall_seconds`` (training time since the start, evaluation excluded) and is flushed as it is written. With
+    ``max_generated_tokens``, training stops after the first logged step that reaches it.
     Evaluation records repeat the latest ``tokens/generated``, so that accuracy can be plotted against cost; they
     also go into ``state.log_history``."""
 
-    def __init__(self, path: Path, task, eval_set, eval_every: int, temperature: float, max_new_tokens: int):
+    def __init__(self, path: Path, task, eval_set, eval_every: int, temperature: float, max_new_tokens: int,
+                 max_generated_tokens: int | None = None):
         self.path, self.task, self.eval_set, self.eval_every = path, task, eval_set, eval_every
+        self.max_generated_tokens = max_generated_tokens
         self.temperature, self.max_new_tokens = temperature, max_new_tokens
         self.start = time.perf_counter()
         self.generated_tokens = 0
@@ -90,6 +97,8 @@ class RunLogger(TrainerCallback):
         self.generated_tokens = logs.get("tokens/generated", self.generated_tokens)
         self._write(state, logs)
         is_step_log = "loss" in logs
+        if self.max_generated_tokens is not None and self.generated_tokens >= self.max_generated_tokens:
+            control.should_training_stop = True
         if is_step_log and (state.global_step % self.eval_every == 0 or state.global_step == state.max_steps):
             self._evaluate(state, model, processing_class)
 
@@ -141,7 +150,7 @@ def train(method: str, run: RunArguments, config) -> Path:
     write_text_atomic(out / "config.json", json.dumps(resolved, indent=2, default=str) + "\n")
 
     logger = RunLogger(out / "metrics.jsonl", task, eval_set, run.eval_every, config.temperature,
-                       config.max_completion_length)
+                       config.max_completion_length, run.max_generated_tokens)
     trainer_class = SPOTrainer if method == "spo" else TokenCountingGRPOTrainer
     trainer = trainer_class(
         model=model, reward_funcs=[task.reward], args=config, train_dataset=train_set, processing_class=tokenizer,
