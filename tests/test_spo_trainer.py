@@ -11,7 +11,7 @@ from segrl.trainers.spo import SPOConfig, SPOTrainer
 
 COMMON = dict(
     per_device_train_batch_size=4, num_generations=4, max_completion_length=8, max_steps=2, learning_rate=1e-2,
-    report_to="none", logging_steps=1, save_strategy="no", use_cpu=True, seed=0, temperature=1.0,
+    report_to="none", logging_steps=1, save_strategy="no", use_cpu=True, bf16=False, seed=0, temperature=1.0,
 )
 
 

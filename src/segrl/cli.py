@@ -156,8 +156,8 @@ def train(
         raise UserError(f"Unknown method '{method}'; expected one of {', '.join(METHODS)}")
     parser = TrlParser((RunArguments, SPOConfig if method == "spo" else GRPOConfig), prog=f"segrl train {method}")
     args = list(ctx.args)
-    if not torch.cuda.is_available() and not any(a.startswith("--use_cpu") for a in args):
-        args += ["--use_cpu", "true"]  # TRL's configs default to bf16, which a CPU-only machine refuses
+    if not torch.cuda.is_available():  # TRL's configs default to bf16, which a CPU-only run refuses or emulates slowly
+        args = ["--use_cpu", "true", "--bf16", "false", *args]
     if "--output_dir" not in args and not any(a.startswith("--output_dir=") for a in args):
         args += ["--output_dir", f"runs/{method}"]
     try:
@@ -166,3 +166,21 @@ def train(
         raise typer.Exit(0 if exit_.code in (0, None) else 2) from None
     out = run_training(method, run, config)
     console.print(f"Run written to [bold]{out}[/]: config.json, metrics.jsonl, final/", highlight=False)
+
+
+@app.command()
+@user_errors
+def quickstart(
+    output_dir: Annotated[Path, typer.Option(help="Where the runs and report.html go.")] = Path("runs/quickstart"),
+    token_budget: Annotated[int, typer.Option(help="Generated tokens (policy + MC) per method.")] = 150_000,
+    seed: Annotated[int, typer.Option(help="Seed of the preset, the data and sampling.")] = 0,
+    eval_examples: Annotated[int, typer.Option(help="Held-out problems per evaluation.")] = 200,
+    eval_every: Annotated[int, typer.Option(help="Evaluate every this many steps.")] = 5,
+    cache_dir: CacheOption = None,
+):
+    """GRPO vs SPO-chain on arith with the tiny preset at an equal generation budget; writes report.html."""
+    from segrl.quickstart import quickstart as run_quickstart
+
+    report = run_quickstart(output_dir, token_budget, seed, eval_examples, eval_every,
+                            str(cache_dir) if cache_dir else None)
+    console.print(f"Report: [bold]{os.path.abspath(report)}[/]", highlight=False)

@@ -82,7 +82,7 @@ def final_row(records: list[dict]) -> dict:
 
 
 def example_html(example: dict) -> str:
-    """One completion, each segment's tokens coloured by its advantage (green > 0, red < 0, grey masked out)."""
+    """One completion, each token coloured by its advantage (green > 0, red < 0, grey 0 or masked out)."""
     scale = max((abs(a) for a in example["advantages"]), default=1.0) or 1.0
     spans, previous = [], None
     for piece, segment, advantage in zip(example["pieces"], example["segment_ids"], example["advantages"]):
@@ -97,7 +97,9 @@ def example_html(example: dict) -> str:
                      f"{html.escape(piece)}</span>")
     return (f'<p class="prompt">{html.escape(example["prompt"])}</p>'
             f'<div class="example">{"".join(spans)}</div>'
-            f'<p class="note">reward {example["reward"]:.0f}; | marks a segment boundary; hover for the advantage</p>')
+            f'<p class="note">reward {example["reward"]:g}. Green / red: the advantage of a token in the loss (before '
+            f'whitening); grey: outside the loss (probability mask) or advantage 0; | marks a segment boundary; '
+            f'hover for the numbers.</p>')
 
 
 def write_report(path: str | Path, runs: dict[str, str | Path], title: str, intro: str = "") -> Path:

@@ -381,6 +381,7 @@ def build_tiny(
     and the versions of torch, transformers and trl.
     """
     import datasets
+    from accelerate.state import AcceleratorState
     import torch
     import transformers
     import trl
@@ -462,6 +463,9 @@ def build_tiny(
         sft_seconds = time.perf_counter() - t_sft
         model = trainer.model
         del trainer
+        # Accelerate keeps one process-wide state; without a reset, the caller's next trainer (e.g. GRPO in bf16 on
+        # a GPU) would be refused for asking another mixed precision than this fp32 SFT.
+        AcceleratorState._reset_state(reset_partial_state=True)
 
     model.generation_config.pad_token_id = tokenizer.pad_token_id
     model.generation_config.eos_token_id = tokenizer.eos_token_id

@@ -86,6 +86,10 @@ class RunLogger(TrainerCallback):
         model.train()
         self.start += time.perf_counter() - eval_start
         self.last_eval_step = state.global_step
+        budget = f"/{self.max_generated_tokens:,}" if self.max_generated_tokens else ""
+        print(f"step {state.global_step:>4}  generated {self.generated_tokens:,}{budget} tokens  "
+              f"held-out accuracy {scores['eval/accuracy']:.3f} (greedy {scores['eval/accuracy_greedy']:.3f})  "
+              f"train {time.perf_counter() - self.start:.0f}s, eval {time.perf_counter() - eval_start:.0f}s", flush=True)
         state.log_history.append(self._write(state, scores))
 
     def on_train_begin(self, args, state, control, model=None, processing_class=None, **kwargs):
@@ -94,7 +98,7 @@ class RunLogger(TrainerCallback):
 
     def on_log(self, args, state, control, logs=None, model=None, processing_class=None, **kwargs):
         logs = logs or {}
-        self.generated_tokens = logs.get("tokens/generated", self.generated_tokens)
+        self.generated_tokens = int(logs.get("tokens/generated", self.generated_tokens))
         self._write(state, logs)
         is_step_log = "loss" in logs
         if self.max_generated_tokens is not None and self.generated_tokens >= self.max_generated_tokens:

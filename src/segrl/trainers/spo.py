@@ -150,6 +150,8 @@ class SPOTrainer(TokenCountingGRPOTrainer):
         loss_mask, fell_back = adv.probability_mask(
             token_probs, completion_mask, args.cutpoint_threshold, enabled=args.use_prob_mask
         )
+        self.last_example = self._example(inputs, completion_ids, completion_mask, segment_ids,
+                                          token_advantages * loss_mask, final_rewards)
         if args.whiten_advantages:
             moments = self.accelerator.reduce(adv.masked_moments(token_advantages, loss_mask), reduction="sum")
             token_advantages = adv.whiten(token_advantages, loss_mask, moments=moments)
@@ -157,8 +159,6 @@ class SPOTrainer(TokenCountingGRPOTrainer):
         output["tool_mask"] = loss_mask.long()
         output["num_items_in_batch"] = self.accelerator.gather(loss_mask.sum()).sum()
 
-        self.last_example = self._example(inputs, completion_ids, completion_mask, segment_ids, output["advantages"],
-                                          final_rewards)
         lengths = seg.segment_lengths(segment_ids).float()
         metrics = self._metrics[mode]
         metrics["segments/per_completion"].append(seg.num_segments(segment_ids).float().mean().item())
@@ -172,7 +172,7 @@ class SPOTrainer(TokenCountingGRPOTrainer):
 
     def _example(self, inputs, completion_ids, completion_mask, segment_ids, advantages, final_rewards) -> dict:
         """One completion of the batch (the first with a non-zero advantage) for reports: its token pieces, segment
-        ids and per-token advantages."""
+        ids and per-token advantages (before whitening, 0 outside the probability mask)."""
         nonzero = (advantages != 0).any(dim=1).nonzero()
         row = int(nonzero[0]) if len(nonzero) else 0
         keep = completion_mask[row]
