@@ -61,7 +61,11 @@ class SPOConfig(GRPOConfig):
     """``GRPOConfig`` plus SPO-chain's fields; every GRPO field (``num_generations``, ``temperature``, ``beta``,
     ``epsilon``, ``loss_type``, ``use_vllm`` ...) keeps its TRL meaning."""
 
-    spo_mode: str = field(default="chain", metadata={"help": "SPO variant; 'chain' (short chains of thought)."})
+    spo_mode: str = field(
+        default="chain",
+        metadata={"help": "'chain' (MC values at cutpoint boundaries of sampled completions) or 'tree' (trees of "
+                  "fixed-length segments whose samples are the training data)."},
+    )
     partition: str = field(
         default="cutpoint",
         metadata={"help": "'cutpoint': segments open at every k-th low-probability token (SPO); 'fixed': every "
@@ -71,7 +75,18 @@ class SPOConfig(GRPOConfig):
         default=0.9, metadata={"help": "ρ: a sampled token with probability < ρ is a cutpoint (and is masked in)."}
     )
     cutpoint_interval: int = field(default=5, metadata={"help": "k: keep every k-th cutpoint as a boundary (int5)."})
-    segment_length: int = field(default=30, metadata={"help": "Tokens per segment for partition='fixed'."})
+    segment_length: int = field(
+        default=30, metadata={"help": "M: tokens per segment for partition='fixed' and for the tree's inner levels."}
+    )
+    tree_branching: list[int] = field(
+        default_factory=lambda: [6, 6, 6],
+        metadata={"help": "Tree mode: children per node at each depth (6 6 6 in the paper); the last depth runs to "
+                  "the end of the completion."},
+    )
+    tree_advantage: str = field(
+        default="rloo",
+        metadata={"help": "Tree mode: 'rloo' (A = V(node) - V(parent)) or 'grpo' (divided by the siblings' std)."},
+    )
     num_mc_samples: int = field(
         default=9, metadata={"help": "N: Monte Carlo continuations per segment-start state (9 in the paper)."}
     )
@@ -89,13 +104,19 @@ class SPOConfig(GRPOConfig):
     )
 
     def __post_init__(self):
-        choices = {"spo_mode": ("chain",), "partition": ("cutpoint", "fixed"), "segment0_baseline": ("none", "group_mean")}
+        choices = {"spo_mode": ("chain", "tree"), "partition": ("cutpoint", "fixed"),
+                   "segment0_baseline": ("none", "group_mean"), "tree_advantage": ("rloo", "grpo")}
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
                 raise UserError(f"SPOConfig.{name} must be one of {allowed}, got {getattr(self, name)!r}")
         for name in ("cutpoint_interval", "segment_length", "num_mc_samples", "mc_batch_size"):
             if getattr(self, name) < 1:
                 raise UserError(f"SPOConfig.{name} must be >= 1, got {getattr(self, name)}")
+        if not self.tree_branching or min(self.tree_branching) < 1:
+            raise UserError(f"SPOConfig.tree_branching must be positive integers, got {self.tree_branching}")
+        if self.spo_mode == "tree" and (self.use_vllm or self.beta != 0.0):
+            raise UserError("SPO-tree runs with HF generation and beta = 0 for now (use_vllm and the KL term are "
+                            "supported in chain mode)")
         super().__post_init__()
 
 
@@ -115,6 +136,11 @@ class SPOTrainer(TokenCountingGRPOTrainer):
         return self._last_rewards_per_func
 
     def _generate_and_score_completions(self, inputs: list[dict[str, Any]]) -> dict[str, Any]:
+        if self.args.spo_mode == "tree":
+            return self._tree_batch(inputs)
+        return self._chain_batch(inputs)
+
+    def _chain_batch(self, inputs: list[dict[str, Any]]) -> dict[str, Any]:
         output = super()._generate_and_score_completions(inputs)
         args, device = self.args, self.accelerator.device
         mode = "train" if self.model.training else "eval"
@@ -147,10 +173,24 @@ class SPOTrainer(TokenCountingGRPOTrainer):
 
         baseline = group_baseline if args.segment0_baseline == "group_mean" else None
         token_advantages = adv.chain_advantages(boundaries.start_values(values), final_rewards, segment_ids, baseline)
+        self._finish(output, inputs, token_advantages, token_probs, segment_ids, final_rewards)
+        lengths = seg.segment_lengths(segment_ids).float()
+        metrics = self._metrics[mode]
+        metrics["segments/per_completion"].append(seg.num_segments(segment_ids).float().mean().item())
+        metrics["segments/mean_length"].append((lengths.sum() / (lengths > 0).sum().clamp(min=1)).item())
+        metrics["segments/policy_tokens"].append(completion_mask.sum().item())
+        for name, value in mc_stats.items():
+            metrics[f"segments/{name}"].append(value)
+        return output
+
+    def _finish(self, output, inputs, token_advantages, token_probs, segment_ids, final_rewards) -> None:
+        """Apply the probability mask and whitening, and put advantages and mask where TRL's loss reads them."""
+        args, mode = self.args, "train" if self.model.training else "eval"
+        completion_mask = output["completion_mask"].bool()
         loss_mask, fell_back = adv.probability_mask(
             token_probs, completion_mask, args.cutpoint_threshold, enabled=args.use_prob_mask
         )
-        self.last_example = self._example(inputs, completion_ids, completion_mask, segment_ids,
+        self.last_example = self._example(inputs, output["completion_ids"], completion_mask, segment_ids,
                                           token_advantages * loss_mask, final_rewards)
         if args.whiten_advantages:
             moments = self.accelerator.reduce(adv.masked_moments(token_advantages, loss_mask), reduction="sum")
@@ -158,17 +198,10 @@ class SPOTrainer(TokenCountingGRPOTrainer):
         output["advantages"] = token_advantages * loss_mask
         output["tool_mask"] = loss_mask.long()
         output["num_items_in_batch"] = self.accelerator.gather(loss_mask.sum()).sum()
-
-        lengths = seg.segment_lengths(segment_ids).float()
-        metrics = self._metrics[mode]
-        metrics["segments/per_completion"].append(seg.num_segments(segment_ids).float().mean().item())
-        metrics["segments/mean_length"].append((lengths.sum() / (lengths > 0).sum().clamp(min=1)).item())
-        metrics["segments/masked_in_fraction"].append((loss_mask.sum() / completion_mask.sum().clamp(min=1)).item())
-        metrics["segments/mask_fallback"].append(float(fell_back))
-        metrics["segments/policy_tokens"].append(completion_mask.sum().item())
-        for name, value in mc_stats.items():
-            metrics[f"segments/{name}"].append(value)
-        return output
+        self._metrics[mode]["segments/masked_in_fraction"].append(
+            (loss_mask.sum() / completion_mask.sum().clamp(min=1)).item()
+        )
+        self._metrics[mode]["segments/mask_fallback"].append(float(fell_back))
 
     def _example(self, inputs, completion_ids, completion_mask, segment_ids, advantages, final_rewards) -> dict:
         """One completion of the batch (the first with a non-zero advantage) for reports: its token pieces, segment
