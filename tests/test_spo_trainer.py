@@ -25,11 +25,11 @@ def parts(random_model_dir, tmp_path):
     tokenizer = AutoTokenizer.from_pretrained(random_model_dir)
     dataset = Dataset.from_dict({"prompt": ["The soup was", "We sat by the", "Would we", "The bread"] * 2})
 
-    def build(trainer_class, config_class, **overrides):
+    def build(trainer_class, config_class, reward=letters_reward, **overrides):
         torch.manual_seed(0)
         model = AutoModelForCausalLM.from_pretrained(random_model_dir)
         config = config_class(output_dir=str(tmp_path / trainer_class.__name__), **{**COMMON, **overrides})
-        return trainer_class(model=model, reward_funcs=[letters_reward], args=config, train_dataset=dataset,
+        return trainer_class(model=model, reward_funcs=[reward], args=config, train_dataset=dataset,
                              processing_class=tokenizer)
 
     return build
@@ -99,3 +99,39 @@ def test_two_training_steps_change_the_parameters(parts):
 def test_bad_config_is_a_user_error(tmp_path):
     with pytest.raises(UserError, match="partition"):
         SPOConfig(output_dir=str(tmp_path), partition="sentences", report_to="none")
+
+
+def parity_reward(prompts, completions, **kwargs):
+    """1 for an even number of characters: leaves of a random model disagree, so advantages are not all 0."""
+    return [float(len(text) % 2 == 0) for text in completions]
+
+
+def test_tree_mode_builds_trees_and_trains_on_their_segments(parts):
+    spo = parts(SPOTrainer, SPOConfig, reward=parity_reward, spo_mode="tree", tree_branching=[3, 3, 3],
+                segment_length=2, use_prob_mask=False, whiten_advantages=False)
+    spo.eos_token_ids = list(range(0, len(spo.processing_class), 6))  # a sixth of the vocabulary ends a segment
+    torch.manual_seed(0)
+    out = rollout(spo)
+    metrics = spo._metrics["train"]
+    nodes, examples = metrics["segments/tree_nodes"][0], metrics["segments/tree_examples"][0]
+    assert 3 <= nodes <= 3 + 9 + 27 and 1 <= examples <= nodes  # one tree: the sampler's group shares its prompt
+    assert out["advantages"].abs().sum() > 0
+    mask = out["completion_mask"].bool()
+    assert out["completion_ids"].shape[0] == examples and mask.sum(dim=1).min() >= 1
+    for row_adv, row_mask in zip(out["advantages"], mask):  # one segment per example: one advantage per row
+        assert row_adv[row_mask].unique().numel() == 1
+    assert metrics["tokens/generated"] == [metrics["segments/policy_tokens"][0]]
+    # every example's prompt is the root prompt followed by its ancestors' segments
+    root = spo._tokenize_prompts(["The soup was"])[0][0]
+    for ids, keep in zip(out["prompt_ids"], out["prompt_mask"].bool()):
+        assert ids[keep].tolist()[: len(root)] == list(root)
+
+
+def test_tree_mode_two_training_steps(parts):
+    spo = parts(SPOTrainer, SPOConfig, spo_mode="tree", tree_branching=[2, 2], segment_length=3)
+    spo.eos_token_ids = list(range(0, len(spo.processing_class), 3))
+    before = [p.detach().clone() for p in spo.model.parameters()]
+    spo.train()
+    assert any(not torch.equal(a, b) for a, b in zip(before, spo.model.parameters()))
+    losses = [log["loss"] for log in spo.state.log_history if "loss" in log]
+    assert len(losses) == 2 and all(torch.isfinite(torch.tensor(losses)))

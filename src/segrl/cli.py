@@ -178,7 +178,7 @@ def quickstart(
     eval_every: Annotated[int, typer.Option(help="Evaluate every this many steps.")] = 5,
     cache_dir: CacheOption = None,
 ):
-    """GRPO vs SPO-chain on arith with the tiny preset at an equal generation budget; writes report.html."""
+    """GRPO vs SPO-chain vs SPO-tree on arith with the tiny preset at an equal generation budget; writes report.html."""
     from segrl.quickstart import quickstart as run_quickstart
 
     report = run_quickstart(output_dir, token_budget, seed, eval_examples, eval_every,

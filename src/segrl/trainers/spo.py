@@ -1,6 +1,7 @@
-"""SPO-chain on TRL: ``SPOConfig`` / ``SPOTrainer``, thin subclasses of ``GRPOConfig`` / ``GRPOTrainer``.
+"""SPO on TRL: ``SPOConfig`` / ``SPOTrainer``, thin subclasses of ``GRPOConfig`` / ``GRPOTrainer``.
 
-Segment Policy Optimization (Guo et al. 2025, arXiv 2505.23564), chain variant for short chains of thought:
+Segment Policy Optimization (Guo et al. 2025, arXiv 2505.23564), critic-free RL with Monte Carlo segment
+advantages. ``spo_mode="chain"`` (short chains of thought):
 
 1. Sample completions with GRPO's own generation path (HF ``generate`` or TRL's vLLM path) and score them.
 2. Partition each completion. ``partition="cutpoint"`` (the paper): the probability p_t of each sampled token under
@@ -16,12 +17,22 @@ Segment Policy Optimization (Guo et al. 2025, arXiv 2505.23564), chain variant f
    Segment 0, whose start is the bare prompt, gets A = 0 unless its first token is a kept cutpoint (then the prompt
    state is valued by MC) or ``segment0_baseline="group_mean"`` (the mean final reward of the prompt's completions,
    which are samples from that state, so it costs no rollout).
-5. Probability mask (``use_prob_mask``, on by default): only tokens with p_t < ρ keep their advantage and enter
-   the loss (and so the KL term); if a batch has none, all completion tokens are used. Advantages are whitened over
-   the tokens in the loss (``whiten_advantages``).
-6. The loss is TRL's (``loss_type``, ``epsilon``, ``beta`` ...) with (B, T) advantages, which ``GRPOTrainer``
-   accepts as they are. The mask reaches the loss through TRL's ``tool_mask`` input, which the loss multiplies into
-   ``completion_mask``: the one per-token weight TRL's loss already supports.
+
+``spo_mode="tree"`` (long chains of thought): one tree per prompt (the sampler's group of ``num_generations``
+copies of a prompt becomes one tree). Each node at depth d gets ``tree_branching[d]`` children (6-6-6 in the
+paper); inner children are continuations of at most ``segment_length`` (M) tokens, the last level runs to the end.
+A child that ends with EOS is a leaf scored by the reward; one still unfinished at the last level, or cut by
+``max_completion_length``, is a leaf with reward 0. Backup V(node) = mean of its children
+(:func:`segrl.advantages.tree_values`), A(node) = V(node) − V(parent) (``tree_advantage="rloo"``), or divided by
+the siblings' std (``"grpo"``). Sample reuse: every non-root node with A ≠ 0 is one training example, prompt =
+the prompt and its ancestors' segments, completion = its own segment, all its tokens sharing A.
+
+Both modes then apply the **probability mask** (``use_prob_mask``, on by default): only tokens with p_t < ρ keep
+their advantage and enter the loss (and so the KL term); if a batch has none, all completion tokens are used.
+Advantages are whitened over the tokens in the loss (``whiten_advantages``). The loss is TRL's (``loss_type``,
+``epsilon``, ``beta`` ...) with (B, T) advantages, which ``GRPOTrainer`` accepts as they are. The mask reaches the
+loss through TRL's ``tool_mask`` input, which the loss multiplies into ``completion_mask``: the one per-token
+weight TRL's loss already supports.
 
 Deviations from the paper and the released code, and why:
 - The paper's loss is PPO-clip summed over tokens and averaged over sequences; here any TRL ``loss_type`` is used
@@ -31,17 +42,24 @@ Deviations from the paper and the released code, and why:
   scoring here, since TRL's reward-model path gathers across processes, which unequal MC batch sizes would break.
 - MC continuations are sampled from the generation-time policy, in chunks of ``mc_batch_size`` sequences; on
   several processes each process values its own completions (no cross-process prefix dedup).
+- Tree mode: HF generation only and beta = 0 for now (vLLM needs a per-call token cap; the KL term needs reference
+  log-probs of the tree's examples); no replay buffer yet (the released code keeps edges for up to 8
+  iterations). The number of examples varies from batch to batch; it is trimmed to a multiple of
+  ``steps_per_generation``, which TRL splits it into.
 
-Metrics (under ``segments/``): ``per_completion`` (mean segments per completion), ``mean_length`` (tokens),
+Metrics (under ``segments/``; chain): ``per_completion`` (mean segments per completion), ``mean_length`` (tokens),
 ``mc_states`` (states valued), ``dedup_rate`` (fraction of requested states that were duplicates), ``mc_tokens``
 and ``policy_tokens`` (generated tokens), ``masked_in_fraction`` (completion tokens in the loss),
 ``mask_fallback`` (batches that fell back to all tokens) and ``time/mc_seconds``; ``tokens/generated`` (cumulative,
-policy plus MC) is the cost axis shared with the GRPO baseline (:mod:`segrl.trainers.grpo`).
+policy plus MC) is the cost axis shared with the GRPO baseline (:mod:`segrl.trainers.grpo`). Tree:
+``tree_nodes``, ``tree_examples``, ``policy_tokens`` (all of the tree's tokens), ``mean_length``,
+``masked_in_fraction`` and ``time/tree_seconds``.
 """
 
 from __future__ import annotations
 
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -49,6 +67,7 @@ import torch
 from torch import nn
 from trl import GRPOConfig
 from trl.data_utils import is_conversational
+from trl.trainer.utils import pad
 
 from segrl import advantages as adv
 from segrl import segmentation as seg
@@ -58,7 +77,7 @@ from segrl.trainers.grpo import TokenCountingGRPOTrainer
 
 @dataclass
 class SPOConfig(GRPOConfig):
-    """``GRPOConfig`` plus SPO-chain's fields; every GRPO field (``num_generations``, ``temperature``, ``beta``,
+    """``GRPOConfig`` plus SPO's fields; every GRPO field (``num_generations``, ``temperature``, ``beta``,
     ``epsilon``, ``loss_type``, ``use_vllm`` ...) keeps its TRL meaning."""
 
     spo_mode: str = field(
@@ -121,7 +140,7 @@ class SPOConfig(GRPOConfig):
 
 
 class SPOTrainer(TokenCountingGRPOTrainer):
-    """``GRPOTrainer`` whose advantages are SPO-chain's Monte Carlo segment advantages (see the module docstring)."""
+    """``GRPOTrainer`` whose advantages are SPO's Monte Carlo segment advantages (see the module docstring)."""
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
@@ -225,7 +244,8 @@ class SPOTrainer(TokenCountingGRPOTrainer):
             input_ids = torch.cat([output["prompt_ids"], output["completion_ids"]], dim=1)
             attention_mask = torch.cat([output["prompt_mask"], output["completion_mask"]], dim=1)
             logps, _, _ = self._get_per_token_logps_and_entropies(
-                self.model, input_ids, attention_mask, output["completion_ids"].size(1)
+                self.model, input_ids, attention_mask, output["completion_ids"].size(1),
+                batch_size=self.args.per_device_train_batch_size,
             )
             # These are exactly the log-probs the loss would otherwise recompute as "old" ones; keep them.
             output["old_per_token_logps"] = logps
@@ -252,10 +272,10 @@ class SPOTrainer(TokenCountingGRPOTrainer):
             repeated = [list(prefixes[i]) for i in chunk for _ in range(n)]
             continuations, _ = self._generate_single_turn(repeated, None, {}, n)
             mc_tokens += sum(len(c) for c in continuations)
-            scores = self._score_continuations(
-                inputs, completion_ids, [state_rows[i] for i in chunk for _ in range(n)],
-                [state_prefix_len[i] for i in chunk for _ in range(n)], continuations,
-            )
+            rows = [state_rows[i] for i in chunk for _ in range(n)]
+            prefix_lens = [state_prefix_len[i] for i in chunk for _ in range(n)]
+            full_ids = [completion_ids[r, :p].tolist() + list(c) for r, p, c in zip(rows, prefix_lens, continuations)]
+            scores = self._score([inputs[r] for r in rows], full_ids)
             state_values.append(scores.view(-1, n).mean(dim=1))
         values = torch.cat(state_values) if state_values else torch.zeros(0)
         requested = len(state_of_boundary)
@@ -267,20 +287,114 @@ class SPOTrainer(TokenCountingGRPOTrainer):
         index = torch.tensor(state_of_boundary, dtype=torch.long)
         return values[index].to(self.accelerator.device), stats
 
-    def _score_continuations(self, inputs, completion_ids, rows, prefix_lens, continuations) -> torch.Tensor:
-        """Reward of prefix + continuation for each rollout (weighted sum of the reward functions); a rollout that
-        runs past ``max_completion_length`` without EOS, or that every reward function leaves unscored, gets 0."""
-        full_ids = [completion_ids[row, :p].tolist() + list(cont) for row, p, cont in zip(rows, prefix_lens, continuations)]
+    def _score(self, rows: list[dict], full_ids: list[list[int]]) -> torch.Tensor:
+        """Reward (weighted sum of the reward functions) of each completion ``full_ids[i]`` (token ids from the start
+        of the completion) of the prompt in ``rows[i]``. A completion with no EOS within ``max_completion_length``
+        (truncated), or that every reward function leaves unscored, gets 0."""
         full_ids = [ids[: self.max_completion_length] for ids in full_ids]
         unfinished = torch.tensor([not any(t in self.eos_token_ids for t in ids) for ids in full_ids])
         completions = self.processing_class.batch_decode(full_ids, skip_special_tokens=True)
-        if is_conversational(inputs[0]):
+        if is_conversational(rows[0]):
             completions = [[{"role": "assistant", "content": text}] for text in completions]
-        prompts = [inputs[row]["prompt"] for row in rows]
-        columns = {k: [inputs[row][k] for row in rows] for k in inputs[0] if k not in ("prompt", "completion")}
+        prompts = [row["prompt"] for row in rows]
+        columns = {k: [row[k] for row in rows] for k in rows[0] if k not in ("prompt", "completion")}
         scores = torch.zeros(len(rows), len(self.reward_funcs))
         for i, func in enumerate(self.reward_funcs):
             rewards = func(prompts=prompts, completions=completions, completion_ids=full_ids, **columns)
             scores[:, i] = torch.tensor([torch.nan if r is None else r for r in rewards], dtype=torch.float32)
         total = (scores * self.reward_weights.cpu()).nansum(dim=1)
         return total.masked_fill(unfinished | torch.isnan(scores).all(dim=1), 0.0)
+
+    # ------------------------------------------------------------------------------------------------ SPO-tree
+
+    @contextmanager
+    def _max_new_tokens(self, limit: int):
+        """Generate at most ``limit`` tokens per sequence inside the block (the tree's segment cap)."""
+        previous = self.generation_config.max_new_tokens
+        self.generation_config.max_new_tokens = limit
+        try:
+            yield
+        finally:
+            self.generation_config.max_new_tokens = previous
+
+    def _tree_batch(self, inputs: list[dict[str, Any]]) -> dict[str, Any]:
+        """Grow one tree per prompt, back the leaf rewards up, and turn every non-root node with A != 0 into a
+        training example: prompt = the prompt and the node's ancestors' segments, completion = its own segment."""
+        args, mode = self.args, "train" if self.model.training else "eval"
+        start = time.perf_counter()
+        roots = inputs[:: self.num_generations]  # the sampler repeats each prompt; a tree needs it once
+        root_prompt_ids, _, _ = self._tokenize_prompts([row["prompt"] for row in roots])
+        # Flat node arrays; nodes 0 .. len(roots) - 1 are the roots.
+        parent, root_of = [-1] * len(roots), list(range(len(roots)))
+        prefix, segment = [[] for _ in roots], [[] for _ in roots]  # completion tokens before / of each node
+        leaf_reward = [float("nan")] * len(roots)
+        to_score = []  # leaves that ended with EOS
+        open_nodes = list(range(len(roots)))
+        for depth, branching in enumerate(args.tree_branching):
+            last = depth == len(args.tree_branching) - 1
+            requests = [node for node in open_nodes for _ in range(branching)]
+            contexts = [list(root_prompt_ids[root_of[n]]) + prefix[n] + segment[n] for n in requests]
+            continuations = []
+            with self._max_new_tokens(self.max_completion_length if last else args.segment_length):
+                for chunk in range(0, len(contexts), args.mc_batch_size):
+                    batch = contexts[chunk : chunk + args.mc_batch_size]
+                    continuations += self._generate_single_turn(batch, None, {}, 1)[0]
+            open_nodes = []
+            for node, continuation in zip(requests, continuations):
+                child_prefix = prefix[node] + segment[node]
+                child = len(parent)
+                parent.append(node)
+                root_of.append(root_of[node])
+                prefix.append(child_prefix)
+                segment.append(list(continuation)[: self.max_completion_length - len(child_prefix)])
+                ended = any(t in self.eos_token_ids for t in segment[child])
+                truncated = len(child_prefix) + len(segment[child]) >= self.max_completion_length
+                leaf_reward.append(float("nan") if not (ended or truncated or last) else 0.0)
+                if ended:
+                    to_score.append(child)
+                elif not (truncated or last):
+                    open_nodes.append(child)
+        if to_score:
+            rewards = self._score([roots[root_of[n]] for n in to_score], [prefix[n] + segment[n] for n in to_score])
+            for node, reward in zip(to_score, rewards.tolist()):
+                leaf_reward[node] = reward
+
+        parent_t = torch.tensor(parent)
+        values = adv.tree_values(parent_t, torch.tensor(leaf_reward))
+        advantages = adv.tree_advantages(parent_t, values, args.tree_advantage)
+        examples = [n for n in range(len(roots), len(parent)) if advantages[n] != 0 and segment[n]]
+        if not examples:  # every node agrees with its parent: keep the first level (zero advantage, zero gradient)
+            examples = [n for n in range(len(roots), len(parent)) if parent[n] < len(roots) and segment[n]]
+        spg = args.steps_per_generation  # TRL splits the batch into this many equal steps
+        examples = (examples * spg)[: max(spg, len(examples) - len(examples) % spg)]
+
+        device = self.accelerator.device
+        prompts = [torch.tensor(list(root_prompt_ids[root_of[n]]) + prefix[n]) for n in examples]
+        completions = [torch.tensor(segment[n]) for n in examples]
+        output = {
+            "prompt_ids": pad(prompts, padding_value=self._tokenizer.pad_token_id, padding_side="left").to(device),
+            "prompt_mask": pad([torch.ones_like(p) for p in prompts], padding_value=0, padding_side="left").to(device),
+            "completion_ids": pad(completions, padding_value=self._tokenizer.pad_token_id, padding_side="right").to(device),
+            "completion_mask": pad([torch.ones_like(c) for c in completions], padding_value=0,
+                                   padding_side="right").to(device),
+        }
+        completion_mask = output["completion_mask"].bool()
+        token_probs = self._sampling_token_probs(output)
+        token_advantages = advantages[examples].to(device).unsqueeze(1) * completion_mask
+        segment_ids = torch.where(completion_mask, 0, -1)
+        self._finish(output, [roots[root_of[n]] for n in examples], token_advantages, token_probs, segment_ids,
+                     values[examples])
+
+        tree_tokens = sum(len(s) for s in segment)
+        if mode == "train":
+            self.count_generated(tree_tokens)
+        metrics = self._metrics[mode]
+        metrics["tokens/generated"] = [self.generated_tokens]
+        leaf_values = [r for r in leaf_reward if r == r]  # not NaN
+        metrics["reward"].append(sum(leaf_values) / max(1, len(leaf_values)))
+        metrics["segments/tree_nodes"].append(float(len(parent) - len(roots)))
+        metrics["segments/tree_examples"].append(float(len(examples)))
+        metrics["segments/policy_tokens"].append(float(tree_tokens))
+        metrics["segments/mean_length"].append(completion_mask.sum().item() / len(examples))
+        metrics["segments/time/tree_seconds"].append(time.perf_counter() - start)
+        return output
