@@ -176,11 +176,12 @@ def quickstart(
     seed: Annotated[int, typer.Option(help="Seed of the preset, the data and sampling.")] = 0,
     eval_examples: Annotated[int, typer.Option(help="Held-out problems per evaluation.")] = 200,
     eval_every: Annotated[int, typer.Option(help="Evaluate every this many steps.")] = 5,
+    model: Annotated[str, typer.Option(help="The policy every method starts from.")] = "tiny-arith",
     cache_dir: CacheOption = None,
 ):
     """GRPO vs SPO-chain vs SPO-tree on arith with the tiny preset at an equal generation budget; writes report.html."""
     from segrl.quickstart import quickstart as run_quickstart
 
     report = run_quickstart(output_dir, token_budget, seed, eval_examples, eval_every,
-                            str(cache_dir) if cache_dir else None)
+                            str(cache_dir) if cache_dir else None, model)
     console.print(f"Report: [bold]{os.path.abspath(report)}[/]", highlight=False)

@@ -39,15 +39,19 @@ METHODS = {"GRPO": ("grpo", {}), "SPO-chain": ("spo", SPO_CHAIN), "SPO-tree": ("
 
 
 def quickstart(output_dir: str | Path = "runs/quickstart", token_budget: int = 150_000, seed: int = 0,
-               eval_examples: int = 200, eval_every: int = 5, cache_dir: str | None = None) -> Path:
-    """Run GRPO, SPO-chain and SPO-tree at an equal generation budget and write ``output_dir/report.html``."""
+               eval_examples: int = 200, eval_every: int = 5, cache_dir: str | None = None,
+               model: str = "tiny-arith", **overrides) -> Path:
+    """Run GRPO, SPO-chain and SPO-tree at an equal generation budget and write ``output_dir/report.html``.
+
+    ``overrides`` replace fields of :data:`COMMON` (e.g. ``max_completion_length`` for a smaller test run).
+    """
     import torch
     from trl import GRPOConfig
 
     from segrl.trainers.spo import SPOConfig
 
     out = Path(output_dir)
-    run = RunArguments(task="arith", model="tiny-arith", eval_examples=eval_examples, eval_every=eval_every,
+    run = RunArguments(task="arith", model=model, eval_examples=eval_examples, eval_every=eval_every,
                        max_generated_tokens=token_budget, cache_dir=cache_dir)
     runs = {}
     for name, (method, extra) in METHODS.items():
@@ -55,8 +59,8 @@ def quickstart(output_dir: str | Path = "runs/quickstart", token_budget: int = 1
         on_cpu = not torch.cuda.is_available()
         config_class = SPOConfig if method == "spo" else GRPOConfig
         config = config_class(output_dir=str(out / name.lower()), seed=seed, use_cpu=on_cpu, bf16=not on_cpu,
-                              **COMMON, **extra)
+                              **{**COMMON, **overrides, **extra})
         runs[name] = train(method, run, config)
-    intro = (f"arith, tiny-arith preset (seed {seed}), {token_budget:,} generated tokens per method, held-out "
+    intro = (f"arith, {model} (seed {seed}), {token_budget:,} generated tokens per method, held-out "
              f"accuracy on {eval_examples} problems (sampled at T = 1, and greedy).")
     return write_report(out / "report.html", runs, "segrl quickstart: GRPO vs SPO-chain vs SPO-tree", intro)
