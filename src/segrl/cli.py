@@ -34,7 +34,7 @@ ModelOption = Annotated[
 ]
 CacheOption = Annotated[
     Optional[Path],
-    typer.Option(help="Where presets are built and cached [default: $SEGRL_CACHE or ~/.cache/segrl].", show_default=False),
+    typer.Option(help="Where presets are built and cached (default: $SEGRL_CACHE or ~/.cache/segrl).", show_default=False),
 ]
 
 
@@ -65,7 +65,7 @@ def main(verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log what
 def segment(
     model: ModelOption = "smollm2-135m",
     method: Annotated[str, typer.Option(help="entropy | uncertainty | cutpoint | fixed | delimiter.")] = "entropy",
-    prompt: Annotated[Optional[str], typer.Option(help="The prompt [default: a built-in review prompt].", show_default=False)] = None,
+    prompt: Annotated[Optional[str], typer.Option(help="The prompt (default: a built-in request for a restaurant review).", show_default=False)] = None,
     response: Annotated[
         Optional[str], typer.Option(help="The response to segment; omitted, the model samples one.", show_default=False)
     ] = None,
