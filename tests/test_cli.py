@@ -73,3 +73,8 @@ def test_bad_model_is_one_clear_message(tmp_path, model, message):
     result = run("segment", "--model", model, "--response", "hi", "--cache-dir", tmp_path)
     assert result.exit_code == 2
     assert message in result.output and "Traceback" not in result.output
+
+
+def test_error_text_with_brackets_is_printed_verbatim():
+    result = run("segment", "--response", "hi", "--method", "[bold]x[/bold]")
+    assert result.exit_code == 2 and "Unknown --method '[bold]x[/bold]'" in result.output

@@ -10,6 +10,7 @@ from typing import Annotated, Optional
 
 import typer
 from rich.console import Console
+from rich.text import Text
 
 from segrl.errors import UserError
 
@@ -46,7 +47,8 @@ def user_errors(command):
         try:
             return command(*args, **kwargs)
         except UserError as err:
-            status_console.print(f"[bold red]error:[/] {err}", highlight=False, soft_wrap=True)
+            # Text, not markup: a message may hold brackets (a list, a regex) that rich would take for tags.
+            status_console.print(Text.assemble(("error: ", "bold red"), str(err)), soft_wrap=True)
             raise typer.Exit(2) from None
 
     return wrapper
