@@ -12,6 +12,7 @@ from segrl.segmentation import (
     broadcast_to_tokens,
     cascade_ends_segment,
     cutpoint_segments,
+    decode_with_offsets,
     delimiter_segments,
     entropy_segments,
     equal_chunk_segments,
@@ -517,3 +518,18 @@ def test_helper_round_trips(seed):
             assert first[b, s] == 0 or ids[b, first[b, s] - 1] != s
         spans = segment_spans(ids[b])
         assert [end - start for start, end in spans] == lengths[b, : len(spans)].tolist()
+
+
+def test_decode_with_offsets_spans_concatenate_to_the_text(random_model_dir):
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(random_model_dir)
+    ids = tokenizer("12+7=19\n19-5=14\nAnswer: 14\n")["input_ids"] + [tokenizer.eos_token_id]
+    text, offsets = decode_with_offsets(tokenizer, ids)
+    assert text == "12+7=19\n19-5=14\nAnswer: 14\n"
+    assert offsets[-1][0] == offsets[-1][1] == len(text)  # EOS is special: it spans nothing
+    assert "".join(text[a:b] for a, b in offsets) == text
+    assert all(a <= b for a, b in offsets) and all(b == c for (_, b), (c, _) in zip(offsets, offsets[1:]))
+    ids_row = delimiter_segments([text], torch.tensor([offsets]), torch.ones(1, len(ids), dtype=torch.bool))[0]
+    lines = ["".join(text[a:b] for (a, b), s in zip(offsets, ids_row.tolist()) if s == k) for k in range(3)]
+    assert lines == ["12+7=19\n", "19-5=14\n", "Answer: 14\n"]

@@ -135,3 +135,13 @@ def test_tree_mode_two_training_steps(parts):
     assert any(not torch.equal(a, b) for a, b in zip(before, spo.model.parameters()))
     losses = [log["loss"] for log in spo.state.log_history if "loss" in log]
     assert len(losses) == 2 and all(torch.isfinite(torch.tensor(losses)))
+
+
+def test_delimiter_partition_runs_and_values_each_segment_start(parts):
+    spo = parts(SPOTrainer, SPOConfig, partition="delimiter", delimiter="sentence", num_mc_samples=2)
+    out = rollout(spo)
+    metrics = spo._metrics["train"]
+    assert metrics["segments/per_completion"][0] >= 1.0
+    assert torch.isfinite(out["advantages"]).all()
+    with pytest.raises(UserError, match="delimiter"):
+        SPOConfig(output_dir="unused", partition="delimiter", delimiter="paragraphs", use_cpu=True, report_to="none")

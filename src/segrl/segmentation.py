@@ -50,6 +50,7 @@ __all__ = [
     "broadcast_to_tokens",
     "cascade_ends_segment",
     "cutpoint_segments",
+    "decode_with_offsets",
     "delimiter_segments",
     "entropy_segments",
     "equal_chunk_segments",
@@ -306,6 +307,29 @@ DELIMITERS: dict[str, re.Pattern] = {
     "blank_line": re.compile(r"\n[^\S\n]*\n\s*"),
     "sentence": re.compile(r"[.!?]+[\"'”’)\]]*\s+|\n\s*"),
 }
+
+
+def decode_with_offsets(tokenizer, token_ids: list[int]) -> tuple[str, list[tuple[int, int]]]:
+    """Decode sampled token ids and give each token's ``[start, end)`` character span in the decoded text.
+
+    For :func:`delimiter_segments` on *sampled* completions, whose ids need not be what the tokenizer would produce
+    from their text (so re-tokenising with ``return_offsets_mapping`` could misalign). Token t spans the
+    characters that decoding ``token_ids[: t + 1]`` adds to decoding ``token_ids[: t]``; special tokens are
+    skipped, so they span nothing. Quadratic in the length: meant for completions of up to a few hundred tokens.
+
+    Args:
+        tokenizer: a Hugging Face tokenizer.
+        token_ids: the ids of one completion.
+
+    Returns:
+        The decoded text and one ``(start, end)`` pair per token.
+    """
+    offsets, previous = [], 0
+    for t in range(len(token_ids)):
+        end = len(tokenizer.decode(token_ids[: t + 1], skip_special_tokens=True))
+        offsets.append((previous, max(previous, end)))
+        previous = max(previous, end)
+    return tokenizer.decode(token_ids, skip_special_tokens=True), offsets
 
 
 def delimiter_segments(

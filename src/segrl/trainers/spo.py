@@ -7,7 +7,8 @@ advantages. ``spo_mode="chain"`` (short chains of thought):
 2. Partition each completion. ``partition="cutpoint"`` (the paper): the probability p_t of each sampled token under
    the policy at the sampling temperature (TRL's log-probs are computed at that temperature); tokens with
    p_t < ``cutpoint_threshold`` (ρ = 0.9) are cutpoints, every ``cutpoint_interval``-th (k = 5) is kept, and a
-   segment opens at each kept cutpoint. ``partition="fixed"``: every ``segment_length`` tokens (ablation).
+   segment opens at each kept cutpoint. Ablations: ``partition="fixed"``, every ``segment_length`` tokens;
+   ``partition="delimiter"``, at each ``delimiter`` of the decoded text (``newline``: one arith step per segment).
 3. Value every segment-start state s_k = prompt + completion[:b_k] by Monte Carlo: ``num_mc_samples`` (N = 9 in the
    paper's GSM8K runs) continuations from s_k through the trainer's own generation path, each scored by the
    reward functions; V̂(s_k) = mean. A continuation that would run past ``max_completion_length`` (counted from the
@@ -88,7 +89,11 @@ class SPOConfig(GRPOConfig):
     partition: str = field(
         default="cutpoint",
         metadata={"help": "'cutpoint': segments open at every k-th low-probability token (SPO); 'fixed': every "
-                  "segment_length tokens (ablation)."},
+                  "segment_length tokens; 'delimiter': at each `delimiter` in the text (ablations)."},
+    )
+    delimiter: str = field(
+        default="newline",
+        metadata={"help": "For partition='delimiter': 'newline', 'blank_line' or 'sentence' (arith: one step per line)."},
     )
     cutpoint_threshold: float = field(
         default=0.9, metadata={"help": "ρ: a sampled token with probability < ρ is a cutpoint (and is masked in)."}
@@ -123,7 +128,8 @@ class SPOConfig(GRPOConfig):
     )
 
     def __post_init__(self):
-        choices = {"spo_mode": ("chain", "tree"), "partition": ("cutpoint", "fixed"),
+        choices = {"spo_mode": ("chain", "tree"), "partition": ("cutpoint", "fixed", "delimiter"),
+                   "delimiter": tuple(seg.DELIMITERS),
                    "segment0_baseline": ("none", "group_mean"), "tree_advantage": ("rloo", "grpo")}
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
@@ -178,8 +184,17 @@ class SPOTrainer(TokenCountingGRPOTrainer):
         if args.partition == "cutpoint":
             segment_ids = seg.cutpoint_segments(token_probs, completion_mask, args.cutpoint_threshold, args.cutpoint_interval)
             estimate_at = seg.low_probability_mask(token_probs, completion_mask, args.cutpoint_threshold)
-        else:
+        elif args.partition == "fixed":
             segment_ids = seg.fixed_length_segments(completion_mask, args.segment_length)
+            estimate_at = None
+        else:
+            decoded = [seg.decode_with_offsets(self.processing_class, ids[keep].tolist())
+                       for ids, keep in zip(completion_ids, completion_mask)]
+            offsets = torch.zeros(*completion_ids.shape, 2, dtype=torch.long)
+            for row, (_, row_offsets) in enumerate(decoded):
+                offsets[row, : len(row_offsets)] = torch.tensor(row_offsets, dtype=torch.long).view(-1, 2)
+            segment_ids = seg.delimiter_segments([text for text, _ in decoded], offsets, completion_mask.cpu(),
+                                                 args.delimiter).to(completion_mask.device)
             estimate_at = None
         boundaries = adv.chain_boundaries(segment_ids, estimate_at)
 
