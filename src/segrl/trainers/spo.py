@@ -51,7 +51,8 @@ Deviations from the paper and the released code, and why:
 Metrics (under ``segments/``; chain): ``per_completion`` (mean segments per completion), ``mean_length`` (tokens),
 ``mc_states`` (states valued), ``dedup_rate`` (fraction of requested states that were duplicates), ``mc_tokens``
 and ``policy_tokens`` (generated tokens), ``masked_in_fraction`` (completion tokens in the loss),
-``mask_fallback`` (batches that fell back to all tokens) and ``time/mc_seconds``; ``tokens/generated`` (cumulative,
+``mask_fallback`` (batches that fell back to all tokens), ``time/generation_seconds`` (GRPO's sampling and
+scoring) and ``time/mc_seconds`` (TRL's ``step_time`` is the whole step, training included); ``tokens/generated`` (cumulative,
 policy plus MC) is the cost axis shared with the GRPO baseline (:mod:`segrl.trainers.grpo`). Tree:
 ``tree_nodes``, ``tree_examples``, ``policy_tokens`` (all of the tree's tokens), ``mean_length``,
 ``masked_in_fraction`` and ``time/tree_seconds``.
@@ -166,9 +167,11 @@ class SPOTrainer(TokenCountingGRPOTrainer):
         return self._chain_batch(inputs)
 
     def _chain_batch(self, inputs: list[dict[str, Any]]) -> dict[str, Any]:
+        start = time.perf_counter()
         output = super()._generate_and_score_completions(inputs)
         args, device = self.args, self.accelerator.device
         mode = "train" if self.model.training else "eval"
+        self._metrics[mode]["segments/time/generation_seconds"].append(time.perf_counter() - start)
         prompt_ids, prompt_mask = output["prompt_ids"], output["prompt_mask"]
         completion_ids, completion_mask = output["completion_ids"], output["completion_mask"]
         completion_mask = completion_mask.bool()
