@@ -142,7 +142,8 @@ def train(method: str, run: RunArguments, config) -> Path:
             "held-out accuracy is measured right after a step's log"
         )
     task = get_task(run.task)
-    model, tokenizer = load_model(run.model, cache_dir=run.cache_dir, seed=config.seed, device="cpu" if config.use_cpu else None)
+    device = "cpu" if config.use_cpu else None
+    model, tokenizer = load_model(run.model, cache_dir=run.cache_dir, seed=config.seed, device=device)
     tokenizer.padding_side = "left"
     train_set = task.make_dataset("train", run.train_examples, seed=config.seed)
     eval_set = task.make_dataset("test", run.eval_examples, seed=config.seed)
