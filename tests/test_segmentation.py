@@ -14,6 +14,7 @@ from segrl.segmentation import (
     cutpoint_segments,
     decode_with_offsets,
     delimiter_segments,
+    delimiter_segments_of_ids,
     entropy_segments,
     equal_chunk_segments,
     fixed_length_segments,
@@ -533,3 +534,20 @@ def test_decode_with_offsets_spans_concatenate_to_the_text(random_model_dir):
     ids_row = delimiter_segments([text], torch.tensor([offsets]), torch.ones(1, len(ids), dtype=torch.bool))[0]
     lines = ["".join(text[a:b] for (a, b), s in zip(offsets, ids_row.tolist()) if s == k) for k in range(3)]
     assert lines == ["12+7=19\n", "19-5=14\n", "Answer: 14\n"]
+
+
+def test_delimiter_segments_of_padded_token_ids(random_model_dir):
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(random_model_dir)
+    first = tokenizer("a=1\nb=2\n")["input_ids"]
+    second = tokenizer("c=3")["input_ids"]
+    width = max(len(first), len(second))
+    ids = torch.tensor([first + [tokenizer.pad_token_id] * (width - len(first)),
+                        second + [tokenizer.pad_token_id] * (width - len(second))])
+    mask = torch.arange(width).expand(2, -1) < torch.tensor([[len(first)], [len(second)]])
+    segment_ids = delimiter_segments_of_ids(tokenizer, ids, mask, "newline")
+    assert num_segments(segment_ids).tolist() == [2, 1]
+    assert (segment_ids[~mask] == -1).all()
+    first_line = [i for i, s in enumerate(segment_ids[0].tolist()) if s == 0]
+    assert tokenizer.decode(ids[0, first_line]) == "a=1\n"

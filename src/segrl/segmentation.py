@@ -52,6 +52,7 @@ __all__ = [
     "cutpoint_segments",
     "decode_with_offsets",
     "delimiter_segments",
+    "delimiter_segments_of_ids",
     "entropy_segments",
     "equal_chunk_segments",
     "fixed_length_segments",
@@ -391,6 +392,31 @@ def delimiter_segments(
     starts = torch.zeros(batch, length + 1, dtype=torch.bool, device=mask.device)
     starts.scatter_(1, opener, True)  # position `length` collects boundaries with no token
     return segment_ids_from_starts(starts[:, :length], mask)
+
+
+def delimiter_segments_of_ids(
+    tokenizer, token_ids: torch.Tensor, mask: torch.Tensor, delimiter: str | re.Pattern = "newline"
+) -> torch.Tensor:
+    """:func:`delimiter_segments` for sampled completions given as token ids (TRL's right-padded
+    ``completion_ids``): each row is decoded with :func:`decode_with_offsets`.
+
+    Args:
+        tokenizer: a Hugging Face tokenizer.
+        token_ids: (B, T) long, completion tokens.
+        mask: (B, T) bool, True on completion tokens (a prefix of each row).
+        delimiter: as in :func:`delimiter_segments`.
+
+    Returns:
+        (B, T) long ``segment_ids`` on ``token_ids``' device.
+    """
+    mask = mask.bool()
+    texts, offsets = [], torch.zeros(*token_ids.shape, 2, dtype=torch.long)
+    for row, (ids, keep) in enumerate(zip(token_ids.tolist(), mask.tolist())):
+        text, row_offsets = decode_with_offsets(tokenizer, [t for t, k in zip(ids, keep) if k])
+        texts.append(text)
+        if row_offsets:
+            offsets[row, : len(row_offsets)] = torch.tensor(row_offsets, dtype=torch.long)
+    return delimiter_segments(texts, offsets, mask.cpu(), delimiter).to(token_ids.device)
 
 
 # ------------------------------------------------------------------------------------------------- helpers

@@ -191,13 +191,8 @@ class SPOTrainer(TokenCountingGRPOTrainer):
             segment_ids = seg.fixed_length_segments(completion_mask, args.segment_length)
             estimate_at = None
         else:
-            decoded = [seg.decode_with_offsets(self.processing_class, ids[keep].tolist())
-                       for ids, keep in zip(completion_ids, completion_mask)]
-            offsets = torch.zeros(*completion_ids.shape, 2, dtype=torch.long)
-            for row, (_, row_offsets) in enumerate(decoded):
-                offsets[row, : len(row_offsets)] = torch.tensor(row_offsets, dtype=torch.long).view(-1, 2)
-            segment_ids = seg.delimiter_segments([text for text, _ in decoded], offsets, completion_mask.cpu(),
-                                                 args.delimiter).to(completion_mask.device)
+            segment_ids = seg.delimiter_segments_of_ids(self.processing_class, completion_ids, completion_mask,
+                                                        args.delimiter)
             estimate_at = None
         boundaries = adv.chain_boundaries(segment_ids, estimate_at)
 
