@@ -1,9 +1,8 @@
 #!/usr/bin/env bash
-# The main job on the built-in defaults: sample a response from SmolLM2-135M-Instruct and show its segments under
-# the model's own entropy (terminal + runs/demo/segments.html).
+# The main job on the built-in defaults: `segrl quickstart` trains GRPO, SPO-chain and SPO-tree on the arith task
+# from the tiny-arith preset at an equal generation budget and writes runs/quickstart/report.html.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 export HF_HUB_OFFLINE=1
-exec .venv/bin/segrl segment --model smollm2-135m --method entropy --threshold 4.0 --temperature 0.7 \
-  --html runs/demo/segments.html "$@"
+exec .venv/bin/segrl quickstart --output-dir runs/quickstart "$@"
