@@ -97,7 +97,7 @@ def example_html(example: dict) -> str:
                      f"{html.escape(piece)}</span>")
     return (f'<p class="prompt">{html.escape(example["prompt"])}</p>'
             f'<div class="example">{"".join(spans)}</div>'
-            f'<p class="note">reward {example["reward"]:g}. Green / red: the advantage of a token in the loss (before '
+            f'<p class="note">Reward (SPO-tree: the segment\'s value V) {example["reward"]:.3g}. Green / red: the advantage of a token in the loss (before '
             f'whitening); grey: outside the loss (probability mask) or advantage 0; | marks a segment boundary; '
             f'hover for the numbers.</p>')
 

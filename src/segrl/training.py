@@ -21,7 +21,7 @@ from dataclasses import asdict, dataclass, field
 from importlib import metadata
 from pathlib import Path
 
-from transformers import TrainerCallback
+from transformers import PrinterCallback, TrainerCallback
 
 from segrl.errors import UserError
 from segrl.files import write_text_atomic
@@ -161,6 +161,7 @@ def train(method: str, run: RunArguments, config) -> Path:
         model=model, reward_funcs=[task.reward], args=config, train_dataset=train_set, processing_class=tokenizer,
         callbacks=[logger],
     )
+    trainer.remove_callback(PrinterCallback)  # raw metric dicts on stdout: they are in metrics.jsonl already
     trainer.train()
     trainer.save_model(str(out / "final"))
     if getattr(trainer, "last_example", None) is not None:

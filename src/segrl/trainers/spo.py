@@ -242,11 +242,11 @@ class SPOTrainer(TokenCountingGRPOTrainer):
         row = int(nonzero[0]) if len(nonzero) else 0
         keep = completion_mask[row]
         return {
-            "prompt": inputs[row]["prompt"] if isinstance(inputs[row]["prompt"], str) else str(inputs[row]["prompt"]),
+            "prompt": str(inputs[row]["prompt"]),
             "pieces": [self.processing_class.decode([t]) for t in completion_ids[row][keep].tolist()],
             "segment_ids": segment_ids[row][keep].tolist(),
             "advantages": advantages[row][keep].tolist(),
-            "reward": float(final_rewards[row]),
+            "reward": float(final_rewards[row]),  # chain: the completion's reward; tree: the node's value V
         }
 
     @torch.no_grad()
@@ -395,8 +395,9 @@ class SPOTrainer(TokenCountingGRPOTrainer):
         token_probs = self._sampling_token_probs(output)
         token_advantages = advantages[examples].to(device).unsqueeze(1) * completion_mask
         segment_ids = torch.where(completion_mask, 0, -1)
-        self._finish(output, [roots[root_of[n]] for n in examples], token_advantages, token_probs, segment_ids,
-                     values[examples])
+        # For the report's example: the prompt as the node saw it (question + its ancestors' segments), and V(node).
+        shown = [{"prompt": str(roots[root_of[n]]["prompt"]) + self.processing_class.decode(prefix[n])} for n in examples]
+        self._finish(output, shown, token_advantages, token_probs, segment_ids, values[examples])
 
         tree_tokens = sum(len(s) for s in segment)
         if mode == "train":
