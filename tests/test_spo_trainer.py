@@ -145,3 +145,15 @@ def test_delimiter_partition_runs_and_values_each_segment_start(parts):
     assert torch.isfinite(out["advantages"]).all()
     with pytest.raises(UserError, match="delimiter"):
         SPOConfig(output_dir="unused", partition="delimiter", delimiter="paragraphs", use_cpu=True, report_to="none")
+
+
+def test_tree_mode_with_a_kl_term_uses_reference_logprobs(parts):
+    spo = parts(SPOTrainer, SPOConfig, reward=parity_reward, spo_mode="tree", tree_branching=[2, 2], segment_length=3,
+                beta=0.1)
+    spo.eos_token_ids = list(range(0, len(spo.processing_class), 6))
+    out = rollout(spo)
+    # Before any update the policy is the reference: identical log-probs, so the KL term starts at 0.
+    torch.testing.assert_close(out["ref_per_token_logps"], out["old_per_token_logps"])
+    spo.train()
+    kls = [log["kl"] for log in spo.state.log_history if "kl" in log]
+    assert len(kls) == 2 and kls[0] == pytest.approx(0.0, abs=1e-6) and kls[1] > 0

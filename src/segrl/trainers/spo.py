@@ -43,8 +43,7 @@ Deviations from the paper and the released code, and why:
   scoring here, since TRL's reward-model path gathers across processes, which unequal MC batch sizes would break.
 - MC continuations are sampled from the generation-time policy, in chunks of ``mc_batch_size`` sequences; on
   several processes each process values its own completions (no cross-process prefix dedup).
-- Tree mode: HF generation only and beta = 0 for now (vLLM needs a per-call token cap; the KL term needs reference
-  log-probs of the tree's examples); no replay buffer yet (the released code keeps edges for up to 8
+- Tree mode: HF generation only for now (vLLM would need a per-call token cap); no replay buffer yet (the released code keeps edges for up to 8
   iterations). The number of examples varies from batch to batch; it is trimmed to a multiple of
   ``steps_per_generation``, which TRL splits it into.
 
@@ -69,7 +68,7 @@ import torch
 from torch import nn
 from trl import GRPOConfig
 from trl.data_utils import is_conversational
-from trl.trainer.utils import pad
+from trl.trainer.utils import pad, use_adapter
 
 from segrl import advantages as adv
 from segrl import segmentation as seg
@@ -140,9 +139,8 @@ class SPOConfig(GRPOConfig):
                 raise UserError(f"SPOConfig.{name} must be >= 1, got {getattr(self, name)}")
         if not self.tree_branching or min(self.tree_branching) < 1:
             raise UserError(f"SPOConfig.tree_branching must be positive integers, got {self.tree_branching}")
-        if self.spo_mode == "tree" and (self.use_vllm or self.beta != 0.0):
-            raise UserError("SPO-tree runs with HF generation and beta = 0 for now (use_vllm and the KL term are "
-                            "supported in chain mode)")
+        if self.spo_mode == "tree" and self.use_vllm:
+            raise UserError("SPO-tree runs with HF generation for now (use_vllm is supported in chain mode)")
         super().__post_init__()
 
 
@@ -263,6 +261,20 @@ class SPOTrainer(TokenCountingGRPOTrainer):
             # These are exactly the log-probs the loss would otherwise recompute as "old" ones; keep them.
             output["old_per_token_logps"] = logps
         return logps.exp()
+
+    @torch.no_grad()
+    def _reference_logps(self, output: dict[str, Any]) -> torch.Tensor:
+        """Log-probs of the completion tokens under the reference model (the KL term), as GRPO computes them: the
+        separate reference model, or the PEFT model with its adapter disabled."""
+        input_ids = torch.cat([output["prompt_ids"], output["completion_ids"]], dim=1)
+        attention_mask = torch.cat([output["prompt_mask"], output["completion_mask"]], dim=1)
+        args = (input_ids, attention_mask, output["completion_ids"].size(1))
+        batch_size = self.args.per_device_train_batch_size
+        if self.ref_model is not None:
+            return self._get_per_token_logps_and_entropies(self.ref_model, *args, batch_size=batch_size)[0]
+        model = self.accelerator.unwrap_model(self.model)
+        with use_adapter(model, adapter_name="ref" if "ref" in model.peft_config else None):
+            return self._get_per_token_logps_and_entropies(self.model, *args, batch_size=batch_size)[0]
 
     def _estimate_values(self, inputs, prompt_ids, prompt_mask, completion_ids, boundaries) -> tuple[torch.Tensor, dict]:
         """Monte Carlo value of every boundary state: the mean reward of ``num_mc_samples`` continuations."""
@@ -393,6 +405,8 @@ class SPOTrainer(TokenCountingGRPOTrainer):
         }
         completion_mask = output["completion_mask"].bool()
         token_probs = self._sampling_token_probs(output)
+        if self.beta != 0.0:
+            output["ref_per_token_logps"] = self._reference_logps(output)
         token_advantages = advantages[examples].to(device).unsqueeze(1) * completion_mask
         segment_ids = torch.where(completion_mask, 0, -1)
         # For the report's example: the prompt as the node saw it (question + its ancestors' segments), and V(node).
