@@ -157,3 +157,26 @@ def test_tree_mode_with_a_kl_term_uses_reference_logprobs(parts):
     spo.train()
     kls = [log["kl"] for log in spo.state.log_history if "kl" in log]
     assert len(kls) == 2 and kls[0] == pytest.approx(0.0, abs=1e-6) and kls[1] > 0
+
+
+def test_tree_replay_buffer_adds_earlier_examples_with_their_old_logprobs(parts):
+    spo = parts(SPOTrainer, SPOConfig, reward=parity_reward, spo_mode="tree", tree_branching=[3, 3], segment_length=2,
+                replay_iterations=2, replay_per_prompt=4)
+    spo.eos_token_ids = list(range(0, len(spo.processing_class), 6))
+    torch.manual_seed(0)
+    first = rollout(spo)
+    metrics = spo._metrics["train"]
+    assert metrics["segments/replayed_examples"] == [0.0]
+    stored = spo._replay[-1]
+    assert 1 <= len(stored) <= 4  # one prompt: at most replay_per_prompt examples kept
+    for parameter in spo.model.parameters():  # the policy moves on; stored log-probs must not
+        parameter.data.add_(0.05)
+    second = rollout(spo)
+    current = int(metrics["segments/tree_examples"][1])
+    assert metrics["segments/replayed_examples"][1] == len(stored)
+    assert second["completion_ids"].shape[0] == current + len(stored)
+    for row, record in enumerate(stored, start=current):
+        n = len(record["completion_ids"])
+        assert second["completion_ids"][row, :n].tolist() == record["completion_ids"]
+        torch.testing.assert_close(second["old_per_token_logps"][row, :n], torch.tensor(record["logps"]))
+    assert first["completion_ids"].shape[0] == int(metrics["segments/tree_examples"][0])

@@ -43,9 +43,10 @@ Deviations from the paper and the released code, and why:
   scoring here, since TRL's reward-model path gathers across processes, which unequal MC batch sizes would break.
 - MC continuations are sampled from the generation-time policy, in chunks of ``mc_batch_size`` sequences; on
   several processes each process values its own completions (no cross-process prefix dedup).
-- Tree mode: HF generation only for now (vLLM would need a per-call token cap); no replay buffer yet (the released code keeps edges for up to 8
-  iterations). The number of examples varies from batch to batch; it is trimmed to a multiple of
-  ``steps_per_generation``, which TRL splits it into.
+- Tree mode: HF generation only for now (vLLM would need a per-call token cap). The optional replay buffer
+  (``replay_iterations``, off by default) keeps up to ``replay_per_prompt`` examples per prompt of each earlier
+  iteration, as the released code does. The number of examples varies from batch to batch; it is trimmed to a
+  multiple of ``steps_per_generation``, which TRL splits it into.
 
 Metrics (under ``segments/``; chain): ``per_completion`` (mean segments per completion), ``mean_length`` (tokens),
 ``mc_states`` (states valued), ``dedup_rate`` (fraction of requested states that were duplicates), ``mc_tokens``
@@ -60,6 +61,7 @@ policy plus MC) is the cost axis shared with the GRPO baseline (:mod:`segrl.trai
 from __future__ import annotations
 
 import time
+from collections import deque
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
@@ -107,6 +109,15 @@ class SPOConfig(GRPOConfig):
         metadata={"help": "Tree mode: children per node at each depth (6 6 6 in the paper); the last depth runs to "
                   "the end of the completion."},
     )
+    replay_iterations: int = field(
+        default=0,
+        metadata={"help": "Tree mode: also train on the examples of the last this-many iterations (8 in the released "
+                  "code; 0 = off); stale examples keep their generation-time log-probs, so the PPO ratio acts as an "
+                  "importance weight."},
+    )
+    replay_per_prompt: int = field(
+        default=32, metadata={"help": "Tree mode: at most this many examples per prompt per iteration are replayed."}
+    )
     tree_advantage: str = field(
         default="rloo",
         metadata={"help": "Tree mode: 'rloo' (A = V(node) - V(parent)) or 'grpo' (divided by the siblings' std)."},
@@ -153,6 +164,7 @@ class SPOTrainer(TokenCountingGRPOTrainer):
             raise UserError("SPOTrainer scores Monte Carlo rollouts with Python reward functions only")
         self._last_rewards_per_func = None
         self.last_example: dict | None = None  # one completion of the latest batch, with its advantages
+        self._replay = deque(maxlen=self.args.replay_iterations)  # tree mode: earlier iterations' examples
 
     def _calculate_rewards(self, inputs, prompts, completions, completion_ids_list):
         # Keep GRPO's rewards (gathered over processes) so that R needs no second scoring.
@@ -247,9 +259,14 @@ class SPOTrainer(TokenCountingGRPOTrainer):
             "reward": float(final_rewards[row]),  # chain: the completion's reward; tree: the node's value V
         }
 
-    @torch.no_grad()
     def _sampling_token_probs(self, output: dict[str, Any]) -> torch.Tensor:
         """p_t of each completion token at the sampling temperature, (B, T); reuses GRPO's log-probs if it has them."""
+        return self._sampling_logps(output).exp()
+
+    @torch.no_grad()
+    def _sampling_logps(self, output: dict[str, Any]) -> torch.Tensor:
+        """Log-probs of the completion tokens at the sampling temperature, (B, T), stored as the batch's
+        ``old_per_token_logps`` (they are exactly what the loss would otherwise recompute)."""
         logps = output.get("old_per_token_logps")
         if logps is None:
             input_ids = torch.cat([output["prompt_ids"], output["completion_ids"]], dim=1)
@@ -258,9 +275,26 @@ class SPOTrainer(TokenCountingGRPOTrainer):
                 self.model, input_ids, attention_mask, output["completion_ids"].size(1),
                 batch_size=self.args.per_device_train_batch_size,
             )
-            # These are exactly the log-probs the loss would otherwise recompute as "old" ones; keep them.
             output["old_per_token_logps"] = logps
-        return logps.exp()
+        return logps
+
+    def _pad_records(self, records: list[dict]) -> dict[str, Any]:
+        """TRL's batch layout for tree examples: left-padded prompts, right-padded completions, and the records'
+        generation-time log-probs as ``old_per_token_logps`` when they have them."""
+        device, pad_id = self.accelerator.device, self._tokenizer.pad_token_id
+        prompts = [torch.tensor(r["prompt_ids"]) for r in records]
+        completions = [torch.tensor(r["completion_ids"]) for r in records]
+        output = {
+            "prompt_ids": pad(prompts, padding_value=pad_id, padding_side="left").to(device),
+            "prompt_mask": pad([torch.ones_like(p) for p in prompts], padding_value=0, padding_side="left").to(device),
+            "completion_ids": pad(completions, padding_value=pad_id, padding_side="right").to(device),
+            "completion_mask": pad([torch.ones_like(c) for c in completions], padding_value=0,
+                                   padding_side="right").to(device),
+        }
+        if all("logps" in r for r in records):
+            logps = [torch.tensor(r["logps"], dtype=torch.float32) for r in records]
+            output["old_per_token_logps"] = pad(logps, padding_value=0.0, padding_side="right").to(device)
+        return output
 
     @torch.no_grad()
     def _reference_logps(self, output: dict[str, Any]) -> torch.Tensor:
@@ -390,28 +424,38 @@ class SPOTrainer(TokenCountingGRPOTrainer):
         examples = [n for n in range(len(roots), len(parent)) if advantages[n] != 0 and segment[n]]
         if not examples:  # every node agrees with its parent: keep the first level (zero advantage, zero gradient)
             examples = [n for n in range(len(roots), len(parent)) if parent[n] < len(roots) and segment[n]]
+        # One record per training example: prompt ids, completion ids, advantage, value, generation-time log-probs.
+        records = [
+            {"prompt_ids": list(root_prompt_ids[root_of[n]]) + prefix[n], "completion_ids": segment[n],
+             "advantage": float(advantages[n]), "value": float(values[n]), "root": root_of[n],
+             "shown": str(roots[root_of[n]]["prompt"]) + self.processing_class.decode(prefix[n])}
+            for n in examples
+        ]
+        logps = self._sampling_logps(self._pad_records(records))
+        for record, row_logps in zip(records, logps):
+            record["logps"] = row_logps[: len(record["completion_ids"])].tolist()
+        batch = records + [record for iteration in self._replay for record in iteration]
+        if args.replay_iterations > 0:  # the released code's on-policy buffer: stale edges keep their old log-probs
+            per_root, stored = {}, []
+            for record in records:
+                per_root[record["root"]] = per_root.get(record["root"], 0) + 1
+                if per_root[record["root"]] <= args.replay_per_prompt:
+                    stored.append(record)
+            self._replay.append(stored)
         spg = args.steps_per_generation  # TRL splits the batch into this many equal steps
-        examples = (examples * spg)[: max(spg, len(examples) - len(examples) % spg)]
+        batch = (batch * spg)[: max(spg, len(batch) - len(batch) % spg)]
 
-        device = self.accelerator.device
-        prompts = [torch.tensor(list(root_prompt_ids[root_of[n]]) + prefix[n]) for n in examples]
-        completions = [torch.tensor(segment[n]) for n in examples]
-        output = {
-            "prompt_ids": pad(prompts, padding_value=self._tokenizer.pad_token_id, padding_side="left").to(device),
-            "prompt_mask": pad([torch.ones_like(p) for p in prompts], padding_value=0, padding_side="left").to(device),
-            "completion_ids": pad(completions, padding_value=self._tokenizer.pad_token_id, padding_side="right").to(device),
-            "completion_mask": pad([torch.ones_like(c) for c in completions], padding_value=0,
-                                   padding_side="right").to(device),
-        }
+        output = self._pad_records(batch)
         completion_mask = output["completion_mask"].bool()
-        token_probs = self._sampling_token_probs(output)
+        token_probs = output["old_per_token_logps"].exp() * completion_mask
         if self.beta != 0.0:
             output["ref_per_token_logps"] = self._reference_logps(output)
-        token_advantages = advantages[examples].to(device).unsqueeze(1) * completion_mask
+        advantage = torch.tensor([r["advantage"] for r in batch], device=completion_mask.device)
+        token_advantages = advantage.unsqueeze(1) * completion_mask
         segment_ids = torch.where(completion_mask, 0, -1)
         # For the report's example: the prompt as the node saw it (question + its ancestors' segments), and V(node).
-        shown = [{"prompt": str(roots[root_of[n]]["prompt"]) + self.processing_class.decode(prefix[n])} for n in examples]
-        self._finish(output, shown, token_advantages, token_probs, segment_ids, values[examples])
+        self._finish(output, [{"prompt": r["shown"]} for r in batch], token_advantages, token_probs, segment_ids,
+                     torch.tensor([r["value"] for r in batch]))
 
         tree_tokens = sum(len(s) for s in segment)
         if mode == "train":
@@ -421,8 +465,9 @@ class SPOTrainer(TokenCountingGRPOTrainer):
         leaf_values = [r for r in leaf_reward if r == r]  # not NaN
         metrics["reward"].append(sum(leaf_values) / max(1, len(leaf_values)))
         metrics["segments/tree_nodes"].append(float(len(parent) - len(roots)))
-        metrics["segments/tree_examples"].append(float(len(examples)))
+        metrics["segments/tree_examples"].append(float(len(records)))
+        metrics["segments/replayed_examples"].append(float(len(batch) - len(records)))
         metrics["segments/policy_tokens"].append(float(tree_tokens))
-        metrics["segments/mean_length"].append(completion_mask.sum().item() / len(examples))
+        metrics["segments/mean_length"].append(completion_mask.sum().item() / len(batch))
         metrics["segments/time/tree_seconds"].append(time.perf_counter() - start)
         return output
