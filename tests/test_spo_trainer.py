@@ -168,7 +168,11 @@ def test_tree_replay_buffer_adds_earlier_examples_with_their_old_logprobs(parts)
     metrics = spo._metrics["train"]
     assert metrics["segments/replayed_examples"] == [0.0]
     stored = spo._replay[-1]
-    assert 1 <= len(stored) <= 4  # one prompt: at most replay_per_prompt examples kept
+    # one prompt in the batch: its first replay_per_prompt examples are kept, in order
+    assert len(stored) == min(4, int(metrics["segments/tree_examples"][0])) >= 1
+    assert [r["completion_ids"] for r in stored] == [
+        first["completion_ids"][row][first["completion_mask"][row].bool()].tolist() for row in range(len(stored))
+    ]
     for parameter in spo.model.parameters():  # the policy moves on; stored log-probs must not
         parameter.data.add_(0.05)
     second = rollout(spo)
