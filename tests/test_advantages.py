@@ -9,10 +9,13 @@ import torch
 from segrl.advantages import (
     chain_advantages,
     chain_boundaries,
+    dense_group_advantages,
+    gae,
     group_advantages,
     group_means,
     masked_moments,
     probability_mask,
+    returns_to_go,
     tree_advantages,
     tree_values,
     whiten,
@@ -387,3 +390,136 @@ def test_chain_without_cutpoints_and_group_baseline_is_dr_grpo():
     expected = group_advantages(rewards, 3, scale_rewards="none")
     assert torch.allclose(adv, expected.unsqueeze(1).expand(6, 3))
     assert num_segments(ids).tolist() == [1] * 6
+
+
+# ------------------------------------------------------------------------------------- dense per-token rewards
+
+
+def _valid_positions(mask_row):
+    return [t for t, m in enumerate(mask_row) if m]
+
+
+def _loop_gae(rewards, values, mask, gamma, lam):
+    """Textbook GAE, one row and one token at a time: A_t = sum_l (gamma lam)^l delta_{t+l}."""
+    advantages = [[0.0] * len(row) for row in rewards]
+    for b, mask_row in enumerate(mask):
+        valid = _valid_positions(mask_row)
+        deltas = []
+        for i, t in enumerate(valid):
+            next_value = values[b][valid[i + 1]] if i + 1 < len(valid) else 0.0
+            deltas.append(rewards[b][t] + gamma * next_value - values[b][t])
+        for i, t in enumerate(valid):
+            advantages[b][t] = sum((gamma * lam) ** l * deltas[i + l] for l in range(len(valid) - i))
+    return advantages
+
+
+def _random_dense(seed, rows=6, length=9):
+    """Random rewards and values with NaN off a contiguous mask (right padding, some prompt-first rows)."""
+    gen = torch.Generator().manual_seed(seed)
+    rewards = torch.randn(rows, length, generator=gen, dtype=torch.float64)
+    values = torch.randn(rows, length, generator=gen, dtype=torch.float64)
+    start = torch.randint(0, 3, (rows, 1), generator=gen)
+    stop = start + torch.randint(0, length - 2, (rows, 1), generator=gen)
+    position = torch.arange(length)
+    mask = (position >= start) & (position < stop)
+    rewards[~mask] = NAN
+    values[~mask] = NAN
+    return rewards, values, mask
+
+
+def test_returns_to_go_by_hand():
+    rewards = F([1.0, 2.0, 3.0, 99.0], [NAN, 0.5, -1.0, NAN])
+    mask = B([1, 1, 1, 0], [0, 1, 1, 0])
+    # gamma 1: row 0 6, 5, 3; row 1 -0.5, -1
+    close(returns_to_go(rewards, mask), [[6, 5, 3, 0], [0, -0.5, -1, 0]])
+    # gamma 0.5: row 0 3 -> 2 + 1.5 = 3.5 -> 1 + 1.75 = 2.75; row 1 -1 -> 0.5 - 0.5 = 0
+    close(returns_to_go(rewards, mask, gamma=0.5), [[2.75, 3.5, 3, 0], [0, 0, -1, 0]])
+    assert returns_to_go(torch.ones(2, 3), torch.ones(2, 3)).dtype == torch.float32  # 0/1 mask works
+
+
+def test_gae_four_tokens_by_hand():
+    # gamma = 1, lambda = 0.95 (the spec's), then one padding position whose entries must be ignored
+    rewards = F([0.1, 0.0, -0.2, 1.0, 7.0])
+    values = F([0.5, 0.4, 0.6, 0.8, 9.0])
+    mask = B([1, 1, 1, 1, 0])
+    # deltas: d3 = 1.0 + 0 - 0.8 = 0.2 (V = 0 after the last token)
+    #         d2 = -0.2 + 0.8 - 0.6 = 0.0 ; d1 = 0.0 + 0.6 - 0.4 = 0.2 ; d0 = 0.1 + 0.4 - 0.5 = 0.0
+    # A3 = 0.2 ; A2 = 0 + 0.95 * 0.2 = 0.19 ; A1 = 0.2 + 0.95 * 0.19 = 0.3805 ; A0 = 0 + 0.95 * 0.3805 = 0.361475
+    advantages, returns = gae(rewards, values, mask)
+    close(advantages, [[0.361475, 0.3805, 0.19, 0.2, 0]], atol=1e-12)
+    close(returns, [[0.861475, 0.7805, 0.79, 1.0, 0]], atol=1e-12)  # A + V
+
+
+def test_gae_matches_a_python_double_loop_on_random_data():
+    for seed, gamma, lam in [(0, 1.0, 0.95), (1, 0.9, 0.8), (2, 0.99, 0.0), (3, 1.0, 1.0)]:
+        rewards, values, mask = _random_dense(seed)
+        advantages, returns = gae(rewards, values, mask, gamma=gamma, lam=lam)
+        expected = _loop_gae(rewards.tolist(), values.tolist(), mask.tolist(), gamma, lam)
+        close(advantages, expected, atol=1e-10)
+        close(returns, torch.where(mask, torch.tensor(expected, dtype=torch.float64) + values, 0.0).tolist())
+
+
+def test_gae_lambda_one_returns_are_returns_to_go_and_lambda_zero_is_td():
+    rewards, values, mask = _random_dense(4)
+    _, returns = gae(rewards, values, mask, gamma=0.9, lam=1.0)
+    assert torch.allclose(returns, returns_to_go(rewards, mask, gamma=0.9), atol=1e-12)
+    advantages, _ = gae(rewards, values, mask, gamma=0.9, lam=0.0)
+    next_values = torch.where(mask[:, 1:], values[:, 1:], 0.0)  # V after the last completion token is 0
+    delta = rewards[:, :-1] + 0.9 * next_values - values[:, :-1]
+    assert torch.allclose(advantages[:, :-1][mask[:, :-1]], delta[mask[:, :-1]])
+    assert not advantages.isnan().any() and (advantages[~mask] == 0).all()
+
+
+def test_gae_float32_and_shape_check():
+    advantages, returns = gae(torch.ones(1, 3), torch.zeros(1, 3), torch.ones(1, 3, dtype=torch.bool), lam=1.0)
+    assert advantages.dtype == returns.dtype == torch.float32 and advantages.tolist() == [[3.0, 2.0, 1.0]]
+    with pytest.raises(ValueError, match="values"):
+        gae(torch.ones(1, 3), torch.zeros(1, 2), torch.ones(1, 3, dtype=torch.bool))
+
+
+def test_dense_group_advantages_two_completions_of_different_lengths():
+    rewards = F([1.0, 2.0, 3.0, NAN], [1.0, 0.0, NAN, NAN])
+    mask = B([1, 1, 1, 0], [1, 1, 0, 0])
+    # average per-token reward: row 0 (1 + 2 + 3) / 3 = 2, row 1 (1 + 0) / 2 = 0.5
+    # G = 2: the leave-one-out baseline is the other row's average: b0 = 0.5, b1 = 2
+    # row 0: r - b = 0.5, 1.5, 2.5 -> returns 4.5, 4.0, 2.5 ; row 1: r - b = -1, -2 -> returns -3, -2
+    close(dense_group_advantages(rewards, mask, num_generations=2), [[4.5, 4.0, 2.5, 0], [-3, -2, 0, 0]])
+    # gamma 0.5: row 0 2.5 -> 1.5 + 1.25 = 2.75 -> 0.5 + 1.375 = 1.875 ; row 1 -2 -> -1 - 1 = -2
+    close(
+        dense_group_advantages(rewards, mask, num_generations=2, gamma=0.5),
+        [[1.875, 2.75, 2.5, 0], [-2, -2, 0, 0]],
+    )
+
+
+def test_dense_group_advantages_leave_one_out_over_three_and_two_groups():
+    rewards = F(
+        [2.0, 0.0], [3.0, NAN], [-1.0, 0.0],  # group 1 (G = 3): averages 1, 3, -0.5
+        [1.0, 1.0], [0.0, 0.0], [4.0, 2.0],  # group 2: averages 1, 0, 3
+    )
+    mask = B([1, 1], [1, 0], [1, 1], [1, 1], [1, 1], [1, 1])
+    # group 1 baselines: (3 - 0.5) / 2 = 1.25, (1 - 0.5) / 2 = 0.25, (1 + 3) / 2 = 2
+    # group 2 baselines: (0 + 3) / 2 = 1.5, (1 + 3) / 2 = 2, (1 + 0) / 2 = 0.5
+    expected = [
+        [(2 - 1.25) + (0 - 1.25), 0 - 1.25],
+        [3 - 0.25, 0],
+        [(-1 - 2) + (0 - 2), 0 - 2],
+        [(1 - 1.5) * 2, 1 - 1.5],
+        [-2 * 2, -2],
+        [(4 - 0.5) + (2 - 0.5), 2 - 0.5],
+    ]
+    close(dense_group_advantages(rewards, mask, num_generations=3), expected)
+
+
+def test_dense_group_advantages_masked_out_completion_leaves_the_baselines():
+    # row 3 is unscorable (NaN rewards) and masked out entirely: row 2 has no other completion, baseline 0
+    rewards = F([1.0, 3.0], [0.0, 2.0], [2.0, 2.0], [NAN, NAN])
+    mask = B([1, 1], [1, 1], [1, 1], [0, 0])
+    # group 1: averages 2 and 1 -> baselines 1 and 2: row 0 (0, 2) -> 2, 2 ; row 1 (-2, 0) -> -2, 0
+    close(dense_group_advantages(rewards, mask, num_generations=2), [[2, 2], [-2, 0], [4, 2], [0, 0]])
+
+
+def test_dense_group_advantages_rejects_bad_groups():
+    with pytest.raises(UserError, match="num_generations"):
+        dense_group_advantages(torch.ones(2, 3), torch.ones(2, 3), num_generations=1)
+    with pytest.raises(ValueError, match="divisible"):
+        dense_group_advantages(torch.ones(3, 3), torch.ones(3, 3), num_generations=2)

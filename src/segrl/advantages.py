@@ -1,4 +1,5 @@
-"""Advantage estimators: SPO's segment advantages (chain and tree), its probability mask, whitening, and GRPO's.
+"""Advantage estimators: SPO's segment advantages (chain and tree), its probability mask, whitening, GRPO's, and
+per-token estimators for dense rewards (return-to-go, GAE, PRIME's leave-one-out group baseline).
 
 Pure functions on tensors, vectorised over the batch, with no trainer or model state. An ``SPOTrainer`` (a subclass
 of TRL's ``GRPOTrainer``) hands their (B, T) per-token advantages and per-token mask to TRL's loss, which unsqueezes
@@ -65,8 +66,34 @@ index; we read its ``TreeEpisodeUtils.extract_edges_from_tree``, its ``compute_t
   lines 2765-2787 and 2810, ``multi_objective_aggregation="sum_then_normalize"``): NaN-aware group mean,
   Bessel-corrected std (``trl.trainer.utils.nanstd``), ``/ (std + 1e-4)``, NaN advantages set to 0.
 
-Error conventions: option values a user sets (``mode``, ``scale_rewards``) raise :class:`segrl.errors.UserError`;
-inconsistent tensors passed by code (shapes, a malformed tree) raise ``ValueError``.
+**Dense per-token rewards** (the segment reward model's RL, Yin et al. 2025, arXiv 2501.02790; rewards from
+:func:`segrl.shaping.kl_shaped_rewards`). Every estimator takes (B, T) rewards and a (B, T) ``mask``, True on the
+completion tokens, whose True positions in a row are contiguous (right padding, or a prompt+completion layout with
+the prompt False), as everywhere in segrl; the outputs are 0 off the mask, and rewards and values there are ignored
+(even NaN). A NaN reward on the mask spreads to the earlier tokens of its row (and, in
+:func:`dense_group_advantages`, to its group): drop an unscorable completion by masking it out entirely.
+
+- :func:`returns_to_go`: G_t = Σ_{s≥t} γ^{s-t} r_s over the row's completion tokens.
+- :func:`gae`, for PPO with a critic (Schulman et al. 2016, "High-Dimensional Continuous Control Using Generalized
+  Advantage Estimation", arXiv 1506.02438, eq. 16): δ_t = r_t + γ V_{t+1} - V_t, with V = 0 after the last
+  completion token (the episode ends there, so nothing is bootstrapped), and A_t = Σ_l (γλ)^l δ_{t+l}, i.e.
+  A_t = δ_t + γλ A_{t+1}; the critic's target is A_t + V_t. The segment-RM paper's PPO uses γ = 1, λ = 0.95 (the
+  defaults). With λ = 1, A_t + V_t is the return-to-go.
+- :func:`dense_group_advantages`, the critic-free option: PRIME's return with a leave-one-out baseline (Cui et al.
+  2025, "Process Reinforcement through Implicit Rewards", arXiv 2502.01456, the return of implicit process rewards
+  with an RLOO baseline), for G completions per prompt laid out consecutively (TRL's GRPO layout)::
+
+      A^i_t = Σ_{s≥t} γ^{s-t} (r^i_s - b_i),    b_i = 1/(G-1) Σ_{j≠i} (Σ_s r^j_s) / |y^j|,
+
+  the baseline being the mean, over the other completions of the prompt, of their average per-token reward. Deviation
+  from PRIME's released verl recipe (``compute_rloo_advantage_return``): it computes r^i_s · G/(G-1) - (Σ_j m_j)/(G-1)
+  per token (m_j the average reward of completion j), which equals the paper's r^i_s - b_i only on average over a
+  completion (the difference is (r^i_s - m_i)/(G-1)); we follow the paper. A completion with no token on the mask is
+  left out of the others' baselines (so a masked-out, unscorable completion does not drag them towards 0); a
+  completion whose group has no other non-empty completion gets b_i = 0.
+
+Error conventions: option values a user sets (``mode``, ``scale_rewards``, ``num_generations``) raise
+:class:`segrl.errors.UserError`; inconsistent tensors passed by code (shapes, a malformed tree) raise ``ValueError``.
 """
 
 from dataclasses import dataclass
@@ -86,10 +113,13 @@ __all__ = [
     "TREE_MODES",
     "chain_advantages",
     "chain_boundaries",
+    "dense_group_advantages",
+    "gae",
     "group_advantages",
     "group_means",
     "masked_moments",
     "probability_mask",
+    "returns_to_go",
     "tree_advantages",
     "tree_values",
     "whiten",
@@ -480,3 +510,108 @@ def group_advantages(
     if scale != "none":
         advantages = advantages / ((std if std is not None else torch.zeros_like(flat)) + eps)
     return torch.nan_to_num(advantages, nan=0.0)
+
+
+# ---------------------------------------------------------------------------------------- dense per-token rewards
+
+
+def _check_dense(mask: torch.Tensor, **tensors: torch.Tensor) -> torch.Tensor:
+    """``mask`` as bool, after checking that every tensor has its (B, T) shape."""
+    if mask.dim() != 2:
+        raise ValueError(f"mask must be (B, T), got shape {tuple(mask.shape)}")
+    for name, tensor in tensors.items():
+        if tensor.shape != mask.shape:
+            raise ValueError(f"{name} has shape {tuple(tensor.shape)}, mask {tuple(mask.shape)}")
+    return mask.bool()
+
+
+def returns_to_go(rewards: torch.Tensor, mask: torch.Tensor, gamma: float = 1.0) -> torch.Tensor:
+    """Discounted return-to-go G_t = Σ_{s≥t} γ^{s-t} r_s over each row's completion tokens.
+
+    Args:
+        rewards: (B, T) float, per-token rewards (e.g. :func:`segrl.shaping.kl_shaped_rewards`); ignored off the mask.
+        mask: (B, T) bool or 0/1, True on completion tokens, contiguous in each row.
+        gamma: discount γ (spec: 1).
+
+    Returns:
+        (B, T) float (at least float32), 0 off the mask.
+    """
+    mask = _check_dense(mask, rewards=rewards)
+    rewards = rewards.to(_float_dtype(rewards.dtype))
+    out = torch.zeros_like(rewards)
+    running = torch.zeros_like(rewards[:, 0])
+    for t in reversed(range(rewards.shape[1])):
+        running = torch.where(mask[:, t], rewards[:, t] + gamma * running, running)
+        out[:, t] = torch.where(mask[:, t], running, 0.0)
+    return out
+
+
+def gae(
+    rewards: torch.Tensor, values: torch.Tensor, mask: torch.Tensor, gamma: float = 1.0, lam: float = 0.95
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Generalised advantage estimation over each row's completion tokens (V = 0 after the last one).
+
+    Args:
+        rewards: (B, T) float, per-token rewards r_t; ignored off the mask.
+        values: (B, T) float, the critic's V(s_t) at each completion token; ignored off the mask.
+        mask: (B, T) bool or 0/1, True on completion tokens, contiguous in each row.
+        gamma: discount γ (paper: 1).
+        lam: GAE λ (paper: 0.95).
+
+    Returns:
+        ``(advantages, returns)``, both (B, T) float (at least float32), 0 off the mask: A_t = δ_t + γλ A_{t+1} with
+        δ_t = r_t + γ V_{t+1} - V_t, and returns = A + V (the value targets).
+    """
+    mask = _check_dense(mask, rewards=rewards, values=values)
+    dtype = torch.promote_types(_float_dtype(rewards.dtype), values.dtype)
+    rewards, values = rewards.to(dtype), values.to(dtype)
+    advantages = torch.zeros_like(rewards)
+    next_value = torch.zeros_like(rewards[:, 0])
+    next_advantage = torch.zeros_like(rewards[:, 0])
+    for t in reversed(range(rewards.shape[1])):
+        valid = mask[:, t]
+        delta = rewards[:, t] + gamma * next_value - values[:, t]
+        advantage = delta + gamma * lam * next_advantage
+        next_value = torch.where(valid, values[:, t], next_value)
+        next_advantage = torch.where(valid, advantage, next_advantage)
+        advantages[:, t] = torch.where(valid, advantage, 0.0)
+    returns = torch.where(mask, advantages + values, 0.0)
+    return advantages, returns
+
+
+def dense_group_advantages(
+    rewards: torch.Tensor, mask: torch.Tensor, num_generations: int, gamma: float = 1.0
+) -> torch.Tensor:
+    """PRIME's critic-free advantage: return-to-go of r_t minus a leave-one-out group baseline.
+
+    A^i_t = Σ_{s≥t} γ^{s-t} (r^i_s - b_i), b_i the mean over the prompt's other completions j of their average
+    per-token reward Σ_s r^j_s / |y^j| (see the module docstring for completions with no token on the mask).
+
+    Args:
+        rewards: (B, T) float, per-token rewards; ignored off the mask.
+        mask: (B, T) bool or 0/1, True on completion tokens, contiguous in each row.
+        num_generations: G >= 2, completions per prompt; rows are grouped consecutively, G at a time (TRL's layout).
+        gamma: discount γ.
+
+    Returns:
+        (B, T) float (at least float32), 0 off the mask.
+
+    Raises:
+        UserError: ``num_generations`` below 2 (a leave-one-out baseline needs another completion).
+    """
+    if num_generations < 2:
+        raise UserError(f"num_generations must be at least 2 for a leave-one-out baseline, got {num_generations}")
+    mask = _check_dense(mask, rewards=rewards)
+    batch = rewards.shape[0]
+    if batch % num_generations:
+        raise ValueError(f"batch size {batch} is not divisible by num_generations={num_generations}")
+    rewards = rewards.to(_float_dtype(rewards.dtype))
+    kept = torch.where(mask, rewards, 0.0)
+    counts = mask.sum(dim=1)
+    present = (counts > 0).to(rewards.dtype)  # completions that count in the others' baselines
+    average = kept.sum(dim=1) / counts.clamp(min=1)  # (B,) average per-token reward, 0 for an empty completion
+    group_sum = average.view(-1, num_generations).sum(dim=1).repeat_interleave(num_generations)
+    group_count = present.view(-1, num_generations).sum(dim=1).repeat_interleave(num_generations)
+    others = group_count - present
+    baseline = torch.where(others > 0, (group_sum - average) / others.clamp(min=1), 0.0)
+    return returns_to_go(kept - baseline.unsqueeze(1), mask, gamma)

@@ -133,41 +133,115 @@ def segment(
     console.print(f"HTML page with per-token signals: [bold]{os.path.abspath(html)}[/]", highlight=False)
 
 
+def _has_flag(args: list[str], name: str) -> bool:
+    return name in args or any(a.startswith(name + "=") for a in args)
+
+
 @app.command(
     context_settings={"allow_extra_args": True, "ignore_unknown_options": True, "help_option_names": []},
 )
 @user_errors
 def train(
     ctx: typer.Context,
-    method: Annotated[str, typer.Argument(help="grpo (TRL's GRPO, the baseline) or spo (SPO-chain).")],
+    method: Annotated[str, typer.Argument(
+        help="grpo (TRL's GRPO, the baseline), spo (SPO chain/tree), dense (RL on dense rewards of a segment reward "
+             "model: PPO with a critic or critic-free) or rm (train a segment reward model).")],
 ):
-    """Train a policy on a built-in task with GRPO or SPO.
+    """Train a policy on a built-in task (grpo, spo, dense), or a segment reward model on prepared pairs (rm).
 
     Every other flag follows TRL's convention: --config run.yaml, then any field of the run (--task, --model,
-    --train_examples, --eval_examples, --eval_every) or of GRPOConfig/SPOConfig (--max_steps, --learning_rate,
-    --num_generations, --num_mc_samples, --use_prob_mask ...) as --name value. `segrl train spo --help` lists them.
+    --train_examples, ...; for rm: --train_file, --eval_file, --model) or of the trainer's config (GRPOConfig,
+    SPOConfig, DenseRewardConfig, SegmentRewardConfig) as --name value. `segrl train METHOD --help` lists them.
+    With dense and a --reward_model, the task's own reward is only logged unless --reward_weights says otherwise.
     """
     import torch
     from trl import GRPOConfig, TrlParser
 
+    from segrl.reward_training import RewardRunArguments
+    from segrl.trainers.dense import DenseRewardConfig
+    from segrl.trainers.segment_rm import SegmentRewardConfig
     from segrl.trainers.spo import SPOConfig
     from segrl.training import METHODS, RunArguments
-    from segrl.training import train as run_training
 
-    if method not in METHODS:
-        raise UserError(f"Unknown method '{method}'; expected one of {', '.join(METHODS)}")
-    parser = TrlParser((RunArguments, SPOConfig if method == "spo" else GRPOConfig), prog=f"segrl train {method}")
+    configs = {"grpo": GRPOConfig, "spo": SPOConfig, "dense": DenseRewardConfig, "rm": SegmentRewardConfig}
+    if method not in configs:
+        raise UserError(f"Unknown method '{method}'; expected one of {', '.join(configs)}")
+    run_class = RewardRunArguments if method == "rm" else RunArguments
+    parser = TrlParser((run_class, configs[method]), prog=f"segrl train {method}")
     args = list(ctx.args)
     if not torch.cuda.is_available():  # TRL's configs default to bf16, which a CPU-only run refuses or emulates slowly
         args = ["--use_cpu", "true", "--bf16", "false", *args]
-    if "--output_dir" not in args and not any(a.startswith("--output_dir=") for a in args):
+    if not _has_flag(args, "--output_dir"):
         args += ["--output_dir", f"runs/{method}"]
+    if method == "dense" and _has_flag(args, "--reward_model") and not _has_flag(args, "--reward_weights"):
+        args += ["--reward_weights", "0"]  # the segment RM is the reward; the task's reward is logged for reference
     try:
         run, config = parser.parse_args_and_config(args=args)
     except SystemExit as exit_:  # argparse already printed its usage or error message
         raise typer.Exit(0 if exit_.code in (0, None) else 2) from None
+    if method == "rm":
+        from segrl.reward_training import train_reward_model
+
+        out = train_reward_model(run, config)
+        console.print(f"Reward model written to [bold]{out / 'final'}[/] (config.json, metrics.jsonl beside it)",
+                      highlight=False)
+        return
+    from segrl.training import train as run_training
+
+    assert method in METHODS
     out = run_training(method, run, config)
     console.print(f"Run written to [bold]{out}[/]: config.json, metrics.jsonl, final/", highlight=False)
+
+
+@app.command("prepare-segments")
+@user_errors
+def prepare_segments(
+    input: Annotated[str, typer.Argument(help="Preference data: a JSONL file of prompt/chosen/rejected rows, or a "
+                                              "`datasets` name or path available offline.")],
+    output: Annotated[Path, typer.Option("--output", "-o", help="Where the prepared JSONL goes.")],
+    model: ModelOption = "tiny-facts",
+    threshold: Annotated[float, typer.Option(help="Entropy threshold c (nats): a token drawn from a distribution "
+                                                  "with entropy > c opens a segment (paper: 1.75 or 2.0).")] = 2.0,
+    max_length: Annotated[Optional[int], typer.Option(help="Skip pairs longer than this many tokens.")] = None,
+    batch_size: Annotated[int, typer.Option(help="Sequences per forward pass.")] = 16,
+    seed: Annotated[int, typer.Option(help="Seed of tiny-<task> presets.")] = 0,
+    cache_dir: CacheOption = None,
+):
+    """Add the reference model's entropy segments (and token ids) to preference pairs, for `segrl train rm`."""
+    from rich.progress import Progress
+
+    from segrl.reward_training import prepare
+
+    with Progress(console=status_console, transient=True) as progress:
+        task = progress.add_task("Segmenting responses", total=None)
+        summary = prepare(input, output, model, threshold, max_length=max_length, batch_size=batch_size,
+                          cache_dir=str(cache_dir) if cache_dir else None, seed=seed,
+                          progress=lambda done, total: progress.update(task, completed=done, total=total))
+    skipped = ", ".join(f"{n} {reason}" for reason, n in summary["skipped"].items()) or "none"
+    console.print(f"Wrote {summary['written']} of {summary['rows']} pairs to [bold]{output}[/] "
+                  f"({summary['segments_per_response']:.1f} segments per response; skipped: {skipped})",
+                  highlight=False)
+
+
+@app.command("fit-normalizer")
+@user_errors
+def fit_normalizer_command(
+    reward_model: Annotated[str, typer.Argument(help="Directory of a reward model (`segrl train rm`'s final/).")],
+    data: Annotated[Path, typer.Argument(help="Prepared held-out JSONL (`segrl prepare-segments`).")],
+    output: Annotated[Path, typer.Option("--output", "-o", help="Where the normaliser's JSON goes.")],
+    batch_size: Annotated[int, typer.Option(help="Pairs per forward pass.")] = 32,
+    sigma_floor: Annotated[Optional[float], typer.Option(
+        help="Lower bound of σ(p) (default: 0.1 x the std of all fitted rewards).", show_default=False)] = None,
+):
+    """Fit the reward normaliser: location-aware μ(p), σ(p) by Huber regression on ln p (global mean/std for bandit)."""
+    from segrl.reward_training import fit_normalizer
+
+    with status_console.status("Scoring the held-out responses ..."):
+        summary = fit_normalizer(reward_model, str(data), output, batch_size, sigma_floor)
+    fitted = ", ".join(f"{k}={v:.4g}" for k, v in summary["normalizer"].items() if isinstance(v, float))
+    console.print(f"{summary['variant']} reward model, {summary['segments']} segments of {summary['responses']} "
+                  f"responses ({summary['skipped_responses']} skipped): {fitted} -> [bold]{output}[/]",
+                  highlight=False)
 
 
 @app.command()

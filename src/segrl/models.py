@@ -70,18 +70,28 @@ def load_model(
 
     The tokenizer always has a pad token (EOS when the model defines none).
     """
-    cache = Path(cache_dir) if cache_dir is not None else default_cache_dir()
-    if name == SMOLLM2:
-        path = cached_build(cache / "smollm2-135m-instruct-q4_1", _build_smollm2)
-    elif name.startswith(TINY_PREFIX):
-        path = _tiny_path(name.removeprefix(TINY_PREFIX), cache, tiny_size, seed)
-    else:
-        path = name
+    path = resolve_model_path(name, cache_dir=cache_dir, seed=seed, tiny_size=tiny_size)
     model, tokenizer = _from_pretrained(path, name, trust_remote_code)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     return model.to(device).eval(), tokenizer
+
+
+def resolve_model_path(
+    name: str, *, cache_dir: str | Path | None = None, seed: int = 0, tiny_size: str = "small"
+) -> str | Path:
+    """The directory (or hub id) that :func:`load_model` loads for ``name``, building a preset first if needed.
+
+    Other model classes (a reward model or a critic with a scalar head, :mod:`segrl.segment_rm`) start from the
+    same weights through this path.
+    """
+    cache = Path(cache_dir) if cache_dir is not None else default_cache_dir()
+    if name == SMOLLM2:
+        return cached_build(cache / "smollm2-135m-instruct-q4_1", _build_smollm2)
+    if name.startswith(TINY_PREFIX):
+        return _tiny_path(name.removeprefix(TINY_PREFIX), cache, tiny_size, seed)
+    return name
 
 
 def cached_build(final_dir: Path, build: Callable[[Path], None]) -> Path:
@@ -146,12 +156,14 @@ def _tiny_path(task: str, cache: Path, size: str, seed: int) -> Path:
     )
 
 
-def _from_pretrained(path: str | Path, name: str, trust_remote_code: bool):
+def _from_pretrained(path: str | Path, name: str, trust_remote_code: bool, auto_class=AutoModelForCausalLM,
+                     **model_kwargs):
     if str(path).startswith((".", "/", "~")) and not Path(path).expanduser().is_dir():
         raise UserError(f"Model directory not found: {path}")
     try:
         tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
-        model = AutoModelForCausalLM.from_pretrained(path, trust_remote_code=trust_remote_code, use_safetensors=True)
+        model = auto_class.from_pretrained(path, trust_remote_code=trust_remote_code, use_safetensors=True,
+                                           **model_kwargs)
     except (OSError, ValueError) as err:
         reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise UserError(

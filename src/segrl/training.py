@@ -1,12 +1,13 @@
 """Run an RL method on a built-in task: the library behind ``segrl train``.
 
 :func:`train` builds the pieces (model preset, the task's train and held-out splits, the task's reward), runs TRL's
-``GRPOTrainer`` (the baseline) or segrl's ``SPOTrainer``, and writes into ``output_dir``:
+``GRPOTrainer`` (the baseline), segrl's ``SPOTrainer`` or its ``DenseRewardTrainer`` (dense rewards from a segment
+reward model, PPO with a critic or critic-free), and writes into ``output_dir``:
 
 - ``config.json``: the resolved run and trainer configuration, package versions and the git commit;
 - ``metrics.jsonl``: one JSON object per logging step (TRL's metrics, ``segments/*``, ``eval/*``), appended and
   flushed line by line so that a crash loses nothing already logged;
-- ``final/``: the trained model and tokenizer (safetensors).
+- ``final/``: the trained model and tokenizer (safetensors); ``critic/``: the dense trainer's critic, if any.
 
 Held-out accuracy is measured every ``eval_every`` steps (and at the start and the end) by sampling one completion
 per held-out prompt at the training temperature, plus greedy decoding.
@@ -26,7 +27,7 @@ from transformers import PrinterCallback, TrainerCallback
 from segrl.errors import UserError
 from segrl.files import write_text_atomic
 
-METHODS = ("grpo", "spo")
+METHODS = ("grpo", "spo", "dense")
 
 
 @dataclass
@@ -123,19 +124,23 @@ def run_record() -> dict:
 
 
 def train(method: str, run: RunArguments, config) -> Path:
-    """Train with ``method`` ("grpo" or "spo") on ``run.task``; ``config`` is a ``GRPOConfig`` or ``SPOConfig``.
+    """Train with ``method`` ("grpo", "spo" or "dense") on ``run.task``; ``config`` is a ``GRPOConfig``,
+    ``SPOConfig`` or ``DenseRewardConfig``.
 
     Returns the output directory.
     """
     from segrl.models import load_model
     from segrl.tasks import get_task
     from segrl.trainers.grpo import TokenCountingGRPOTrainer
+    from segrl.trainers.dense import DenseRewardConfig, DenseRewardTrainer
     from segrl.trainers.spo import SPOConfig, SPOTrainer
 
     if method not in METHODS:
         raise UserError(f"Unknown method {method!r}; expected one of {', '.join(METHODS)}")
     if method == "spo" and not isinstance(config, SPOConfig):
         raise UserError("segrl train spo needs an SPOConfig")
+    if method == "dense" and not isinstance(config, DenseRewardConfig):
+        raise UserError("segrl train dense needs a DenseRewardConfig")
     if run.eval_every % config.logging_steps != 0:
         raise UserError(
             f"--eval_every ({run.eval_every}) must be a multiple of --logging_steps ({config.logging_steps}): "
@@ -156,14 +161,24 @@ def train(method: str, run: RunArguments, config) -> Path:
 
     logger = RunLogger(out / "metrics.jsonl", task, eval_set, run.eval_every, config.temperature,
                        config.max_completion_length, run.max_generated_tokens)
-    trainer_class = SPOTrainer if method == "spo" else TokenCountingGRPOTrainer
+    extra = {}
+    if method == "dense" and config.reward_model:
+        from segrl.dense_rewards import load_segment_reward_source
+
+        extra["dense_rewards"] = load_segment_reward_source(
+            config.reward_model, tokenizer, config.normalizer, config.interpolation, device=model.device,
+            batch_size=config.per_device_train_batch_size,
+        )
+    trainer_class = {"grpo": TokenCountingGRPOTrainer, "spo": SPOTrainer, "dense": DenseRewardTrainer}[method]
     trainer = trainer_class(
         model=model, reward_funcs=[task.reward], args=config, train_dataset=train_set, processing_class=tokenizer,
-        callbacks=[logger],
+        callbacks=[logger], **extra,
     )
     trainer.remove_callback(PrinterCallback)  # raw metric dicts on stdout: they are in metrics.jsonl already
     trainer.train()
     trainer.save_model(str(out / "final"))
+    if method == "dense":
+        trainer.save_critic(out / "critic")
     if getattr(trainer, "last_example", None) is not None:
         write_text_atomic(out / "example.json", json.dumps(trainer.last_example) + "\n")
     return out

@@ -4,12 +4,17 @@ RL cost is dominated by generation, and SPO spends extra generation on Monte Car
 at equal *generated tokens* (not equal steps) is what makes a comparison fair. ``tokens/generated`` is the
 cumulative number of completion tokens sampled so far (over all processes), logged with TRL's metrics;
 subclasses add their own extra generation through :meth:`count_generated`.
+
+It also keeps what segrl's subclasses reuse instead of recomputing: the rewards of the latest batch per reward
+function (gathered over processes, ``_last_rewards_per_func``) and the sampling-time log-probs
+(:meth:`_sampling_logps`).
 """
 
 from __future__ import annotations
 
 from typing import Any
 
+import torch
 from trl import GRPOTrainer
 
 
@@ -19,11 +24,10 @@ class TokenCountingGRPOTrainer(GRPOTrainer):
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         self.generated_tokens = 0
+        self._last_rewards_per_func: torch.Tensor | None = None
 
     def count_generated(self, local_tokens: int) -> None:
         """Add ``local_tokens`` generated on this process to the run's total (summed over processes)."""
-        import torch
-
         total = self.accelerator.reduce(torch.tensor(float(local_tokens), device=self.accelerator.device), "sum")
         self.generated_tokens += int(total.item())
 
@@ -34,3 +38,23 @@ class TokenCountingGRPOTrainer(GRPOTrainer):
             self.count_generated(int(output["completion_mask"].sum().item()))
         self._metrics[mode]["tokens/generated"] = [self.generated_tokens]
         return output
+
+    def _calculate_rewards(self, inputs, prompts, completions, completion_ids_list):
+        # Keep GRPO's rewards (gathered over processes, (N, num_reward_funcs)) so that no one scores twice.
+        self._last_rewards_per_func = super()._calculate_rewards(inputs, prompts, completions, completion_ids_list)
+        return self._last_rewards_per_func
+
+    @torch.no_grad()
+    def _sampling_logps(self, output: dict[str, Any]) -> torch.Tensor:
+        """Log-probs of the completion tokens at the sampling temperature, (B, T), stored as the batch's
+        ``old_per_token_logps`` (they are exactly what the loss would otherwise recompute)."""
+        logps = output.get("old_per_token_logps")
+        if logps is None:
+            input_ids = torch.cat([output["prompt_ids"], output["completion_ids"]], dim=1)
+            attention_mask = torch.cat([output["prompt_mask"], output["completion_mask"]], dim=1)
+            logps, _, _ = self._get_per_token_logps_and_entropies(
+                self.model, input_ids, attention_mask, output["completion_ids"].size(1),
+                batch_size=self.args.per_device_train_batch_size,
+            )
+            output["old_per_token_logps"] = logps
+        return logps

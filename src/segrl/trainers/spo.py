@@ -162,14 +162,8 @@ class SPOTrainer(TokenCountingGRPOTrainer):
         super().__init__(*args, **kwargs)
         if any(isinstance(func, nn.Module) for func in self.reward_funcs):
             raise UserError("SPOTrainer scores Monte Carlo rollouts with Python reward functions only")
-        self._last_rewards_per_func = None
         self.last_example: dict | None = None  # one completion of the latest batch, with its advantages
         self._replay = deque(maxlen=self.args.replay_iterations)  # tree mode: earlier iterations' examples
-
-    def _calculate_rewards(self, inputs, prompts, completions, completion_ids_list):
-        # Keep GRPO's rewards (gathered over processes) so that R needs no second scoring.
-        self._last_rewards_per_func = super()._calculate_rewards(inputs, prompts, completions, completion_ids_list)
-        return self._last_rewards_per_func
 
     def _generate_and_score_completions(self, inputs: list[dict[str, Any]]) -> dict[str, Any]:
         if self.args.spo_mode == "tree":
@@ -262,21 +256,6 @@ class SPOTrainer(TokenCountingGRPOTrainer):
     def _sampling_token_probs(self, output: dict[str, Any]) -> torch.Tensor:
         """p_t of each completion token at the sampling temperature, (B, T); reuses GRPO's log-probs if it has them."""
         return self._sampling_logps(output).exp()
-
-    @torch.no_grad()
-    def _sampling_logps(self, output: dict[str, Any]) -> torch.Tensor:
-        """Log-probs of the completion tokens at the sampling temperature, (B, T), stored as the batch's
-        ``old_per_token_logps`` (they are exactly what the loss would otherwise recompute)."""
-        logps = output.get("old_per_token_logps")
-        if logps is None:
-            input_ids = torch.cat([output["prompt_ids"], output["completion_ids"]], dim=1)
-            attention_mask = torch.cat([output["prompt_mask"], output["completion_mask"]], dim=1)
-            logps, _, _ = self._get_per_token_logps_and_entropies(
-                self.model, input_ids, attention_mask, output["completion_ids"].size(1),
-                batch_size=self.args.per_device_train_batch_size,
-            )
-            output["old_per_token_logps"] = logps
-        return logps
 
     def _pad_records(self, records: list[dict]) -> dict[str, Any]:
         """TRL's batch layout for tree examples: left-padded prompts, right-padded completions, and the records'

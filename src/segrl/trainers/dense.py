@@ -1,0 +1,246 @@
+"""RL with dense (per-token) rewards on TRL: ``DenseRewardConfig`` / ``DenseRewardTrainer``, thin subclasses of
+``GRPOConfig`` / ``GRPOTrainer``.
+
+Yin et al. 2025 (arXiv 2501.02790), §2.3 and §4: the policy is trained with PPO on per-token rewards
+
+    r_t = clip(r̃_t, −10, 10) − β (log π(y_t) − log π_ref(y_t)),   β = 0.01 (``kl_coef``, the k1 estimator),
+
+where r̃_t comes from a dense reward source (:mod:`segrl.dense_rewards`: the segment reward model with its
+normaliser and interpolation; DRLC's critic spans later) plus, on the last completion token, the weighted sum of
+TRL's reward functions (``reward_weights``; a holistic reward, or 0 to only log the task's reward). Advantages:
+
+- ``advantage_estimator="gae"`` (the paper): a critic V (a separate model, initialised from ``critic_model`` or the
+  policy's starting weights, with a fresh value head) read at the state before each token; GAE with γ = 1,
+  λ = 0.95 (:func:`segrl.advantages.gae`); the critic is fitted to the GAE returns with PPO's clipped value loss
+  (:func:`segrl.losses.clipped_value_loss`, clip 0.25; the paper uses 0.2 for the bandit reward) for
+  ``num_iterations`` epochs over the rollout batch in minibatches of ``per_device_train_batch_size``, with its own
+  AdamW at ``critic_learning_rate`` (9e-6 in the paper) and gradient clipping ``max_grad_norm``.
+- ``advantage_estimator="group"`` (critic-free): return-to-go of the rewards minus a leave-one-out group baseline
+  of the other completions' mean per-token reward, as PRIME does for implicit process rewards
+  (:func:`segrl.advantages.dense_group_advantages`; needs ``num_generations`` ≥ 2).
+
+Advantages are whitened over the batch's tokens (``whiten_advantages``); the policy loss is TRL's (``loss_type``,
+``epsilon`` = PPO-clip 0.2, ...) on (B, T) advantages, which ``GRPOTrainer`` accepts as they are. TRL's own KL term
+stays off (``beta`` must be 0): the KL is inside the reward, as in the paper.
+
+Deviations from the paper, and why:
+- The policy loss is any TRL ``loss_type`` (default TRL's); the paper uses PPO's token-level clipped loss.
+  ``loss_type="dapo"`` is that loss up to the normalisation constant.
+- The critic is updated when the batch is generated, before the policy's updates on it; PPO updates both on the
+  same minibatches. The two networks share nothing, so only the order of independent updates differs.
+- The reference model is a frozen copy of the policy's starting weights (or the PEFT model with its adapter
+  disabled) that also gives the segmenter its entropies, so the reward model's segments cost no extra model.
+- Multi-process runs: the critic is wrapped for data parallelism by ``accelerate``; the critic-free baseline
+  needs each prompt's ``num_generations`` completions on one process.
+
+A row whose dense or holistic reward is NaN is skipped (zero advantage, out of the loss and of the critic's
+targets) and counted in ``dense/skipped_rows``.
+
+Metrics: ``dense/reward`` (mean summed dense reward per completion), ``dense/kl`` (mean k1 per token),
+``dense/skipped_rows``, the source's ``segments/*``, and with a critic ``critic/value_loss``, ``critic/clipfrac``,
+``critic/explained_variance``.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from trl import GRPOConfig
+from trl.trainer.utils import disable_dropout_in_model, use_adapter
+
+from segrl import advantages as adv
+from segrl.dense_rewards import Rollout
+from segrl.errors import UserError
+from segrl.losses import clipped_value_loss
+from segrl.scoring import completion_entropies_and_logps, completion_token_scores
+from segrl.shaping import kl_shaped_rewards
+from segrl.trainers.grpo import TokenCountingGRPOTrainer
+
+ESTIMATORS = ("gae", "group")
+INTERPOLATIONS = ("even", "last", "broadcast")
+
+
+@dataclass
+class DenseRewardConfig(GRPOConfig):
+    """``GRPOConfig`` plus the dense-reward fields; every GRPO field keeps its TRL meaning (``beta`` must stay 0)."""
+
+    reward_model: str | None = field(
+        default=None, metadata={"help": "Directory of a segment reward model from `segrl train rm` (the dense source)."}
+    )
+    normalizer: str | None = field(
+        default=None, metadata={"help": "JSON from `segrl fit-normalizer` (location-aware or global); none = raw."}
+    )
+    interpolation: str = field(
+        default="even",
+        metadata={"help": "Segment reward -> tokens: 'even' (split evenly), 'last' (on the last token), 'broadcast'."},
+    )
+    kl_coef: float = field(default=0.01, metadata={"help": "β of the k1 KL penalty inside the per-token reward."})
+    reward_clip: float = field(default=10.0, metadata={"help": "Per-token rewards are clipped to ±reward_clip."})
+    advantage_estimator: str = field(
+        default="gae", metadata={"help": "'gae' (PPO with a critic, the paper) or 'group' (critic-free, PRIME)."}
+    )
+    gamma: float = field(default=1.0, metadata={"help": "Discount γ (GAE and return-to-go)."})
+    lam: float = field(default=0.95, metadata={"help": "GAE λ."})
+    critic_model: str | None = field(
+        default=None, metadata={"help": "Critic's starting weights (a causal-LM directory); default: the policy's."}
+    )
+    critic_learning_rate: float = field(default=9e-6, metadata={"help": "Critic's AdamW learning rate."})
+    value_clip: float = field(default=0.25, metadata={"help": "PPO value clipping (0.2 in the paper's bandit runs)."})
+    whiten_advantages: bool = field(default=True, metadata={"help": "Whiten advantages over the batch's tokens."})
+
+    def __post_init__(self):
+        if self.advantage_estimator not in ESTIMATORS:
+            raise UserError(f"DenseRewardConfig.advantage_estimator must be one of {ESTIMATORS}, "
+                            f"got {self.advantage_estimator!r}")
+        if self.interpolation not in INTERPOLATIONS:
+            raise UserError(f"DenseRewardConfig.interpolation must be one of {INTERPOLATIONS}, got {self.interpolation!r}")
+        if self.beta != 0:
+            raise UserError("DenseRewardConfig: the KL penalty is in the reward (kl_coef); leave TRL's beta at 0")
+        for name in ("reward_clip", "value_clip", "critic_learning_rate"):
+            if not getattr(self, name) > 0:
+                raise UserError(f"DenseRewardConfig.{name} must be > 0, got {getattr(self, name)}")
+        if not 0 <= self.lam <= 1 or not 0 <= self.gamma <= 1:
+            raise UserError(f"DenseRewardConfig: gamma and lam must lie in [0, 1], got {self.gamma}, {self.lam}")
+        super().__post_init__()
+
+
+class DenseRewardTrainer(TokenCountingGRPOTrainer):
+    """``GRPOTrainer`` whose advantages come from dense per-token rewards (see the module docstring).
+
+    Args (besides ``GRPOTrainer``'s):
+        dense_rewards: a dense reward source (:mod:`segrl.dense_rewards`), or None for holistic rewards only.
+        critic: the value model for ``advantage_estimator="gae"`` (default: built from ``critic_model`` or the
+            policy's starting weights by :func:`segrl.segment_rm.new_reward_model`).
+    """
+
+    def __init__(self, *args, dense_rewards=None, critic=None, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.dense_rewards = dense_rewards
+        policy = self.accelerator.unwrap_model(self.model)
+        self.reference = None
+        if not hasattr(policy, "peft_config"):  # a PEFT policy is its own reference with the adapter off
+            self.reference = copy.deepcopy(policy).eval().requires_grad_(False)
+        self.critic = self.critic_optimizer = None
+        if self.args.advantage_estimator == "gae":
+            if critic is None:
+                from segrl.segment_rm import new_reward_model
+
+                source = self.args.critic_model or policy.config._name_or_path
+                critic = new_reward_model(source, "bandit", None, seed=self.args.seed, bias=True)
+            if self.args.disable_dropout:
+                disable_dropout_in_model(critic)
+            self.critic = self.accelerator.prepare_model(critic.to(self.accelerator.device).train())
+            self.critic_optimizer = torch.optim.AdamW(self.critic.parameters(), lr=self.args.critic_learning_rate)
+
+    @torch.no_grad()
+    def _reference_entropies_and_logps(self, input_ids, attention_mask, num_completion_tokens):
+        batch_size = self.args.per_device_train_batch_size
+        args = (input_ids, attention_mask, num_completion_tokens, self.temperature, batch_size)
+        if self.reference is not None:
+            return completion_entropies_and_logps(self.reference, *args)
+        model = self.accelerator.unwrap_model(self.model)
+        with use_adapter(model, adapter_name="ref" if "ref" in model.peft_config else None):
+            return completion_entropies_and_logps(model, *args)
+
+    def _holistic_rewards(self, batch_size: int) -> torch.Tensor:
+        """(B,) weighted sum of TRL's reward functions for this process's rows; NaN when a weighted one is missing."""
+        local = slice(self.accelerator.process_index * batch_size, (self.accelerator.process_index + 1) * batch_size)
+        rewards_per_func = self._last_rewards_per_func[local]
+        weights = self.reward_weights.to(rewards_per_func.device)
+        weighted = weights != 0
+        rewards = (rewards_per_func[:, weighted] * weights[weighted]).sum(dim=1)
+        return rewards
+
+    def _generate_and_score_completions(self, inputs: list[dict[str, Any]]) -> dict[str, Any]:
+        output = super()._generate_and_score_completions(inputs)
+        args, mode = self.args, "train" if self.model.training else "eval"
+        metrics = self._metrics[mode]
+        prompt_ids, prompt_mask = output["prompt_ids"], output["prompt_mask"]
+        completion_ids, completion_mask = output["completion_ids"], output["completion_mask"]
+        mask = completion_mask.bool()
+        input_ids = torch.cat([prompt_ids, completion_ids], dim=1)
+        attention_mask = torch.cat([prompt_mask, completion_mask], dim=1)
+        num_tokens = completion_ids.shape[1]
+
+        entropy, ref_logps = self._reference_entropies_and_logps(input_ids, attention_mask, num_tokens)
+        logps = self._sampling_logps(output)
+        token_rewards = torch.zeros_like(logps)
+        if self.dense_rewards is not None:
+            rollout = Rollout(
+                prompts=[x["prompt"] for x in inputs],
+                completions=self.processing_class.batch_decode(completion_ids * mask, skip_special_tokens=True),
+                prompt_ids=prompt_ids, prompt_mask=prompt_mask, completion_ids=completion_ids,
+                completion_mask=completion_mask, reference_entropy=entropy, eos_token_ids=list(self.eos_token_ids),
+            )
+            token_rewards = self.dense_rewards(rollout).to(logps.device).masked_fill(~mask, 0.0)
+            for name, values in getattr(self.dense_rewards, "metrics", {}).items():
+                metrics[name].extend(values)
+                values.clear()
+        holistic = self._holistic_rewards(len(inputs))
+        last = (mask.long().cumsum(dim=1) == mask.sum(dim=1, keepdim=True)) & mask
+        token_rewards = token_rewards + last * holistic.nan_to_num(0.0)[:, None]
+
+        skipped = torch.isnan(token_rewards).any(dim=1) | torch.isnan(holistic)
+        loss_mask = mask & ~skipped[:, None]
+        token_rewards = token_rewards.nan_to_num(0.0)
+        rewards = kl_shaped_rewards(token_rewards, logps, ref_logps, loss_mask, beta=args.kl_coef, clip=args.reward_clip)
+
+        if args.advantage_estimator == "gae":
+            advantages = self._gae_and_critic_update(input_ids, attention_mask, num_tokens, rewards, loss_mask, mode)
+        else:
+            advantages = adv.dense_group_advantages(rewards, loss_mask, self.num_generations, gamma=args.gamma)
+            advantages = advantages.masked_fill(~loss_mask, 0.0)
+        if args.whiten_advantages:
+            moments = self.accelerator.reduce(adv.masked_moments(advantages, loss_mask), reduction="sum")
+            advantages = adv.whiten(advantages, loss_mask, moments=moments)
+        output["advantages"] = advantages * loss_mask
+        output["tool_mask"] = loss_mask.long()
+        output["num_items_in_batch"] = self.accelerator.gather(loss_mask.sum()).sum()
+
+        kept = loss_mask.any(dim=1)
+        metrics["dense/skipped_rows"].append(skipped.sum().item())
+        if kept.any():
+            metrics["dense/reward"].append((token_rewards * loss_mask).sum(dim=1)[kept].mean().item())
+            metrics["dense/kl"].append(((logps - ref_logps) * loss_mask).sum().item() / loss_mask.sum().item())
+        return output
+
+    def _gae_and_critic_update(self, input_ids, attention_mask, num_tokens, rewards, mask, mode) -> torch.Tensor:
+        """GAE advantages from the critic's values at rollout time, then the critic's fit to the returns."""
+        args, batch_size = self.args, self.args.per_device_train_batch_size
+        with torch.no_grad():
+            old_values = completion_token_scores(self.critic, input_ids, attention_mask, num_tokens, shift=1,
+                                                 batch_size=batch_size)
+        advantages, returns = adv.gae(rewards, old_values, mask, gamma=args.gamma, lam=args.lam)
+        if mode == "train":
+            self._fit_critic(input_ids, attention_mask, num_tokens, old_values, returns, mask)
+        residual = (returns - old_values)[mask]
+        target = returns[mask]
+        if target.numel() > 1:
+            self._metrics[mode]["critic/explained_variance"].append(
+                (1 - residual.var() / target.var().clamp(min=1e-8)).item()
+            )
+        return advantages
+
+    def _fit_critic(self, input_ids, attention_mask, num_tokens, old_values, returns, mask) -> None:
+        args, metrics = self.args, self._metrics["train"]
+        self.critic.train()
+        for _ in range(args.num_iterations):
+            for rows in torch.randperm(input_ids.shape[0]).split(args.per_device_train_batch_size):
+                values = completion_token_scores(self.critic, input_ids[rows], attention_mask[rows], num_tokens, shift=1)
+                loss, clip_fraction = clipped_value_loss(values, old_values[rows], returns[rows], mask[rows],
+                                                         args.value_clip)
+                self.critic_optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                if args.max_grad_norm:
+                    torch.nn.utils.clip_grad_norm_(self.critic.parameters(), args.max_grad_norm)
+                self.critic_optimizer.step()
+                metrics["critic/value_loss"].append(loss.item())
+                metrics["critic/clipfrac"].append(clip_fraction.item())
+
+    def save_critic(self, path) -> None:
+        """Save the critic (safetensors) next to the policy, e.g. to resume or inspect its values."""
+        if self.critic is not None:
+            self.accelerator.unwrap_model(self.critic).save_pretrained(path, safe_serialization=True)
