@@ -64,12 +64,21 @@ def prepare(source: str, output: str | Path, model_name: str, threshold: float, 
             "segments_per_response": sum(segments) / len(segments)}
 
 
-def _prepared_dataset(path: str, what: str):
+def _read_prepared(path: str) -> list[dict[str, Any]]:
+    from segrl.trainers.segment_rm import PREPARED_COLUMNS
+
+    try:
+        return read_jsonl(path, {name: list if name != "prompt_length" else int for name in PREPARED_COLUMNS})
+    except UserError as err:
+        raise UserError(f"{err} (prepare the file with `segrl prepare-segments`)") from None
+
+
+def _prepared_dataset(path: str):
     from datasets import Dataset
 
     from segrl.trainers.segment_rm import PREPARED_COLUMNS
 
-    rows = read_jsonl(path, {name: list if name != "prompt_length" else int for name in PREPARED_COLUMNS})
+    rows = _read_prepared(path)
     thresholds = {row.get("segment_threshold") for row in rows}
     if len(thresholds) != 1:
         raise UserError(f"{path}: the rows were segmented with different thresholds {sorted(map(str, thresholds))}")
@@ -106,8 +115,8 @@ def train_reward_model(run: RewardRunArguments, config) -> Path:
 
     if not run.train_file:
         raise UserError("--train_file is required: a JSONL prepared with `segrl prepare-segments`")
-    train_set, threshold = _prepared_dataset(run.train_file, "train")
-    eval_set = _prepared_dataset(run.eval_file, "eval")[0] if run.eval_file else None
+    train_set, threshold = _prepared_dataset(run.train_file)
+    eval_set = _prepared_dataset(run.eval_file)[0] if run.eval_file else None
     path = resolve_model_path(run.model, cache_dir=run.cache_dir, seed=config.seed)
     tokenizer = AutoTokenizer.from_pretrained(path)
     if tokenizer.pad_token is None:
@@ -174,8 +183,7 @@ def fit_normalizer(reward_model: str, data_file: str, output: str | Path, batch_
 
     model = load_reward_model(reward_model)
     tokenizer = AutoTokenizer.from_pretrained(reward_model)
-    rows = read_jsonl(data_file, {"chosen_ids": list, "rejected_ids": list, "prompt_length": int,
-                                  "chosen_segment_ids": list, "rejected_segment_ids": list})
+    rows = _read_prepared(data_file)
     scored = score_pairs(model, rows, tokenizer.pad_token_id or 0, batch_size)
     rewards, positions, skipped = [], [], 0
     for pair in scored:

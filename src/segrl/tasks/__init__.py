@@ -21,7 +21,8 @@ lazily, that follows this contract:
 ``corpus(seed: int = 0) -> list[str]``
     Text to train the task's own tokenizer on (used by the ``tiny-<task>`` presets, :mod:`segrl.tiny`).
 
-Built-in tasks: ``arith`` (multi-step arithmetic word problems). Planned: ``facts``, ``sentiment``,
+Built-in tasks: ``arith`` (multi-step arithmetic word problems), ``facts`` (K one-line arithmetic facts per
+prompt, each true or false; a per-line oracle reward and Bradley-Terry preference pairs). Planned: ``sentiment``,
 ``grounding``, ``toymt``.
 """
 
@@ -35,6 +36,7 @@ from segrl.errors import UserError
 #: Task name -> module that implements it (imported only when asked for).
 TASKS: dict[str, str] = {
     "arith": "segrl.tasks.arith",
+    "facts": "segrl.tasks.facts",
 }
 
 
