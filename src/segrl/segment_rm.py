@@ -25,9 +25,11 @@ Deviation: ``"token"`` makes every completion token its own segment directly ins
 from __future__ import annotations
 
 import math
+from contextlib import contextmanager
 
 import torch
 from transformers import AutoConfig, AutoModelForTokenClassification
+from transformers.utils import logging as transformers_logging
 
 from segrl import segmentation as seg
 from segrl.errors import UserError
@@ -100,6 +102,16 @@ def sequence_scores(token_scores: torch.Tensor, segment_ids: torch.Tensor) -> to
     return torch.where(count > 0, total / count.clamp(min=1), torch.full_like(total, math.nan))
 
 
+@contextmanager
+def _quiet_loading():
+    verbosity = transformers_logging.get_verbosity()
+    transformers_logging.set_verbosity_error()
+    try:
+        yield
+    finally:
+        transformers_logging.set_verbosity(verbosity)
+
+
 def new_reward_model(path, variant: str, threshold: float | None, seed: int = 0, bias: bool = False):
     """A scalar-head model on the backbone at ``path``: a fresh bias-free head, N(0, 1/(d + 1)).
 
@@ -119,7 +131,8 @@ def new_reward_model(path, variant: str, threshold: float | None, seed: int = 0,
     try:
         config = AutoConfig.from_pretrained(path, num_labels=1)
         config.token_classification_bias, config.classifier_dropout = bias, 0.0
-        model = AutoModelForTokenClassification.from_pretrained(path, config=config, use_safetensors=True)
+        with _quiet_loading():  # the head is missing from the checkpoint by design: no report about it
+            model = AutoModelForTokenClassification.from_pretrained(path, config=config, use_safetensors=True)
     except (OSError, ValueError) as err:
         raise UserError(f"Cannot build a reward model on '{path}': {str(err).strip().splitlines()[0]}") from err
     head = model.score
