@@ -104,25 +104,20 @@ def _skip_reason(row: dict[str, Any], ids: tuple[list[int], list[int], list[int]
 
 
 @torch.no_grad()
-def _segment_ids(model, sequences: list[tuple[list[int], int]], threshold: float, pad_id: int,
-                 batch_size: int) -> list[list[int]]:
-    """Segment ids over each full sequence (prompt + response + EOS), -1 on the prompt and EOS."""
+def _segment_ids(model, sequences: list[tuple[list[int], int]], threshold: float, pad_id: int) -> list[list[int]]:
+    """Segment ids over each full sequence (prompt + response + EOS) of one batch, -1 on the prompt and EOS."""
     device = next(model.parameters()).device
-    out = []
-    for start in range(0, len(sequences), batch_size):
-        chunk = sequences[start : start + batch_size]
-        ids = pad_sequence([torch.tensor(s) for s, _ in chunk], batch_first=True, padding_value=pad_id).to(device)
-        lengths = torch.tensor([len(s) for s, _ in chunk], device=device)
-        attention = torch.arange(ids.shape[1], device=device) < lengths[:, None]
-        # score every position after the first; position 0 has no predicting distribution and is always a prompt token
-        entropy, _ = completion_entropies_and_logps(model, ids, attention.long(), ids.shape[1] - 1)
-        entropy = torch.nn.functional.pad(entropy, (1, 0))
-        positions = torch.arange(ids.shape[1], device=device)
-        prompt_lengths = torch.tensor([p for _, p in chunk], device=device)
-        body = attention & (positions >= prompt_lengths[:, None]) & (positions < (lengths - 1)[:, None])
-        segment_ids = seg.entropy_segments(entropy, body, threshold)
-        out.extend(row[:length].tolist() for row, length in zip(segment_ids.cpu(), lengths.tolist()))
-    return out
+    ids = pad_sequence([torch.tensor(s) for s, _ in sequences], batch_first=True, padding_value=pad_id).to(device)
+    lengths = torch.tensor([len(s) for s, _ in sequences], device=device)
+    positions = torch.arange(ids.shape[1], device=device)
+    attention = positions < lengths[:, None]
+    # position 0 has no distribution that predicts it, and is always a prompt token: give it entropy 0
+    entropy, _ = completion_entropies_and_logps(model, ids, attention.long(), ids.shape[1] - 1)
+    entropy = torch.nn.functional.pad(entropy, (1, 0))
+    prompt_lengths = torch.tensor([p for _, p in sequences], device=device)
+    body = attention & (positions >= prompt_lengths[:, None]) & (positions < (lengths - 1)[:, None])
+    segment_ids = seg.entropy_segments(entropy, body, threshold)
+    return [row[:length].tolist() for row, length in zip(segment_ids.cpu(), lengths.tolist())]
 
 
 def prepare_segments(
@@ -169,8 +164,7 @@ def prepare_segments(
     segment_ids: list[list[int] | None] = [None] * len(sequences)
     for start in range(0, len(order), batch_size):
         batch = order[start : start + batch_size]
-        for i, ids in zip(batch, _segment_ids(model, [sequences[i] for i in batch], threshold,
-                                              tokenizer.pad_token_id, batch_size)):
+        for i, ids in zip(batch, _segment_ids(model, [sequences[i] for i in batch], threshold, tokenizer.pad_token_id)):
             segment_ids[i] = ids
         if progress is not None:
             progress(min(start + batch_size, len(order)) // 2, len(kept))

@@ -23,11 +23,12 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from transformers import TrainerCallback
 
 from segrl.errors import UserError
 from segrl.files import read_jsonl, write_text_atomic
 
-__all__ = ["RewardRunArguments", "fit_normalizer", "prepare", "score_pairs", "train_reward_model"]
+__all__ = ["JsonlLogger", "RewardRunArguments", "fit_normalizer", "prepare", "score_pairs", "train_reward_model"]
 
 
 @dataclass
@@ -87,21 +88,16 @@ def _prepared_dataset(path: str):
     return dataset, thresholds.pop()
 
 
-class _JsonlLog:
-    """Trainer callback that appends every log to a JSONL file, flushed line by line."""
+class JsonlLogger(TrainerCallback):
+    """Append every trainer log to a JSONL file (with its step), flushed line by line, so a crash loses nothing logged."""
 
     def __init__(self, path: Path):
-        from transformers import TrainerCallback
-
         self.path = path
         path.unlink(missing_ok=True)
 
-        class Callback(TrainerCallback):
-            def on_log(inner, args, state, control, logs=None, **kwargs):
-                with path.open("a", encoding="utf-8") as handle:
-                    handle.write(json.dumps({"step": state.global_step, **(logs or {})}) + "\n")
-
-        self.callback = Callback()
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        with self.path.open("a", encoding="utf-8") as handle:
+            handle.write(json.dumps({"step": state.global_step, **(logs or {})}) + "\n")
 
 
 def train_reward_model(run: RewardRunArguments, config) -> Path:
@@ -128,8 +124,8 @@ def train_reward_model(run: RewardRunArguments, config) -> Path:
     resolved = {"method": "rm", "run": asdict(run), "trainer": config.to_dict(), "segment_threshold": threshold,
                 **run_record()}
     write_text_atomic(out / "config.json", json.dumps(resolved, indent=2, default=str) + "\n")
-    log = _JsonlLog(out / "metrics.jsonl")
-    trainer = SegmentRewardTrainer(model, config, train_set, tokenizer, eval_dataset=eval_set, callbacks=[log.callback])
+    trainer = SegmentRewardTrainer(model, config, train_set, tokenizer, eval_dataset=eval_set,
+                                   callbacks=[JsonlLogger(out / "metrics.jsonl")])
     trainer.remove_callback(PrinterCallback)
     trainer.train()
     if eval_set is not None:
