@@ -1,13 +1,13 @@
 """Segment vs token vs bandit reward models on ``facts``: accuracy, localisation, and the policy's true reward after RL.
 
-    python benchmarks/segment_rm.py --seeds 0 1 --threshold 1.0 --rl-steps 60
+    python benchmarks/segment_rm.py --seeds 0 1 --threshold 1.0 --rl-steps 80
 
 Per seed, with the ``tiny-facts`` preset of that seed as the reference (SFT) model, everything through segrl's own
 pipeline (the functions behind ``segrl prepare-segments``, ``train rm``, ``fit-normalizer`` and ``train dense``):
 
-1. Preference pairs from the facts oracle with Bradley-Terry noise: ``--train-pairs`` for the reward models,
-   ``--fit-pairs`` (another stream) for the normalisers, ``--test-pairs`` held out; segmented once at
-   ``--threshold`` by the reference model.
+1. Preference pairs from the facts oracle with Bradley-Terry noise: ``--train-pairs`` drawn for the reward models
+   (ties, a third of them, carry no signal and are dropped from training), ``--fit-pairs`` (another stream) for the
+   normalisers, ``--test-pairs`` held out; segmented once at ``--threshold`` by the reference model.
 2. Three reward models from the same data and settings: ``segment`` (entropy segments), ``token``, ``bandit``.
 3. Held-out pairwise accuracy, against the noisy labels and against the oracle's order (pairs with unequal scores);
    **localisation**: for every statement (line) of every held-out response, the reward of the segment that
@@ -15,7 +15,8 @@ pipeline (the functions behind ``segrl prepare-segments``, ``train rm``, ``fit-n
    oracle credits the line, as a ROC-AUC. Bandit RMs have one reward per response, so no localisation.
 4. RL of ``tiny-facts`` with each RM and its normaliser (``DenseRewardTrainer``, same steps, seed and settings,
    ``--estimators``: ``gae`` = PPO with a critic, ``group`` = critic-free), and the oracle's reward of the policy on
-   held-out prompts (sampled at T = 1) before and after.
+   held-out prompts (sampled at T = 1) before and after; and, as a reference point, TRL's GRPO on the oracle's own
+   reward with the same settings (what RL reaches when the reward is exact).
 
 Runs are kept under ``--output-dir`` and reused (the benchmark can be resumed); a JSON of all numbers and a markdown
 table are written there and printed.
@@ -30,6 +31,7 @@ from pathlib import Path
 import torch
 from sklearn.metrics import roc_auc_score
 from transformers import AutoTokenizer
+from trl import GRPOConfig
 
 from segrl.models import load_model
 from segrl.normalizers import load_normalizer
@@ -104,20 +106,31 @@ def evaluate_rm(rm_dir: Path, normalizer_path: Path, test_rows: list[dict], toke
     return result
 
 
+def rl_run(args) -> RunArguments:
+    return RunArguments(task="facts", model="tiny-facts", eval_examples=args.eval_examples, eval_every=args.rl_steps)
+
+
+def rl_settings(args, on_cpu: bool) -> dict:
+    """The RL settings every policy run shares (dense runs and the oracle GRPO reference)."""
+    return dict(use_cpu=on_cpu, bf16=not on_cpu, max_steps=args.rl_steps, learning_rate=args.rl_lr,
+                per_device_train_batch_size=64, num_generations=8, max_completion_length=40, temperature=1.0,
+                logging_steps=max(1, args.rl_steps // 10), save_strategy="no", report_to="none", disable_tqdm=True)
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
     parser.add_argument("--threshold", type=float, default=1.0, help="Entropy threshold c of the segment RM.")
-    parser.add_argument("--train-pairs", type=int, default=4000)
+    parser.add_argument("--train-pairs", type=int, default=24000)
     parser.add_argument("--fit-pairs", type=int, default=1000)
     parser.add_argument("--test-pairs", type=int, default=1000)
-    parser.add_argument("--rm-lr", type=float, default=1e-3)
+    parser.add_argument("--rm-lr", type=float, default=3e-4)
     parser.add_argument("--rm-epochs", type=float, default=2.0)
-    parser.add_argument("--rl-steps", type=int, default=60)
-    parser.add_argument("--rl-lr", type=float, default=2e-5)
-    parser.add_argument("--estimators", nargs="+", default=["gae"], choices=["gae", "group"])
+    parser.add_argument("--rl-steps", type=int, default=80)
+    parser.add_argument("--rl-lr", type=float, default=1e-4)
+    parser.add_argument("--estimators", nargs="+", default=["gae", "group"], choices=["gae", "group"])
     parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=VARIANTS)
-    parser.add_argument("--eval-examples", type=int, default=300)
+    parser.add_argument("--eval-examples", type=int, default=200)
     parser.add_argument("--output-dir", default="runs/segment_rm")
     args = parser.parse_args()
     torch.set_num_threads(1)
@@ -130,7 +143,8 @@ def main():
         base.mkdir(parents=True, exist_ok=True)
         model, tokenizer = load_model("tiny-facts", seed=seed)
         data = {
-            "train": facts.make_preference_rows("train", args.train_pairs, seed=seed),
+            "train": [r for r in facts.make_preference_rows("train", args.train_pairs, seed=seed)
+                      if r["chosen_score"] != r["rejected_score"]],
             "fit": facts.make_preference_rows("train", args.fit_pairs, seed=1000 + seed),
             "test": facts.make_preference_rows("test", args.test_pairs, seed=seed),
         }
@@ -146,8 +160,8 @@ def main():
                 start = time.perf_counter()
                 config = SegmentRewardConfig(
                     output_dir=str(rm_out), variant=variant, learning_rate=args.rm_lr, num_train_epochs=args.rm_epochs,
-                    per_device_train_batch_size=32, lr_scheduler_type="cosine", warmup_steps=0.05, logging_steps=20,
-                    save_strategy="no", report_to="none", seed=seed, use_cpu=on_cpu, bf16=False,
+                    per_device_train_batch_size=32, lr_scheduler_type="cosine", warmup_steps=0.05, logging_steps=25,
+                    save_strategy="no", report_to="none", seed=seed, use_cpu=on_cpu, bf16=False, disable_tqdm=True,
                 )
                 train_reward_model(RewardRunArguments(train_file=str(files["train"]), model="tiny-facts"), config)
                 (rm_out / "seconds.txt").write_text(f"{time.perf_counter() - start:.1f}\n")
@@ -161,15 +175,11 @@ def main():
                 rl_out = base / f"rl-{variant}-{estimator}"
                 if not (rl_out / "final").is_dir():
                     print(f"== seed {seed}: RL with the {variant} RM ({estimator})", flush=True)
-                    run = RunArguments(task="facts", model="tiny-facts", eval_examples=args.eval_examples,
-                                       eval_every=args.rl_steps)
+                    run = rl_run(args)
                     config = DenseRewardConfig(
-                        output_dir=str(rl_out), seed=seed, use_cpu=on_cpu, bf16=not on_cpu, max_steps=args.rl_steps,
-                        learning_rate=args.rl_lr, per_device_train_batch_size=64, num_generations=8,
-                        max_completion_length=40, temperature=1.0, logging_steps=args.rl_steps // 6 or 1,
-                        save_strategy="no", report_to="none", reward_model=str(rm_out / "final"),
-                        normalizer=str(normalizer), advantage_estimator=estimator, reward_weights=[0.0],
-                        critic_learning_rate=1e-4,
+                        output_dir=str(rl_out), seed=seed, **rl_settings(args, on_cpu),
+                        reward_model=str(rm_out / "final"), normalizer=str(normalizer), advantage_estimator=estimator,
+                        reward_weights=[0.0], critic_learning_rate=1e-4,
                     )
                     train("dense", run, config)
                 evals = [r for r in read_metrics(rl_out) if "eval/accuracy" in r]
@@ -179,10 +189,18 @@ def main():
             results.append(row)
             print(json.dumps(row), flush=True)
 
+        oracle_out = base / "rl-oracle-grpo"
+        if not (oracle_out / "final").is_dir():
+            print(f"== seed {seed}: GRPO on the oracle's reward", flush=True)
+            train("grpo", rl_run(args), GRPOConfig(output_dir=str(oracle_out), seed=seed, **rl_settings(args, on_cpu)))
+        evals = [r for r in read_metrics(oracle_out) if "eval/accuracy" in r]
+        results.append({"seed": seed, "variant": "oracle (GRPO)", "rl_grpo_start": evals[0]["eval/accuracy"],
+                         "rl_grpo_end": evals[-1]["eval/accuracy"], "rl_grpo_seconds": evals[-1]["wall_seconds"]})
+
     (root / "results.json").write_text(json.dumps(results, indent=2) + "\n")
-    keys = [k for k in results[0] if k not in ("seed", "variant")]
+    keys = list(dict.fromkeys(k for r in results for k in r if k not in ("seed", "variant")))
     lines = ["| RM | " + " | ".join(keys) + " |", "|---|" + "---|" * len(keys)]
-    for variant in args.variants:
+    for variant in [*args.variants, "oracle (GRPO)"]:
         rows = [r for r in results if r["variant"] == variant]
         cells = []
         for key in keys:

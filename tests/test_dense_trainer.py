@@ -196,3 +196,23 @@ def test_config_checks():
         DenseRewardConfig(output_dir="x", beta=0.1, use_cpu=True, bf16=False)
     with pytest.raises(UserError, match="advantage_estimator"):
         DenseRewardConfig(output_dir="x", advantage_estimator="vtrace", use_cpu=True, bf16=False)
+
+
+def test_missing_holistic_reward_skips_the_row(build):
+    def sometimes_none(prompts, completions, **kwargs):
+        return [None, 1.0, 1.0, 1.0]
+
+    trainer = build(ScriptedSource(), reward=sometimes_none, advantage_estimator="group")
+    out = rollout(trainer)
+    assert out["tool_mask"][0].sum() == 0 and out["tool_mask"][1:].sum() == out["completion_mask"][1:].sum()
+    assert trainer._metrics["train"]["dense/skipped_rows"] == [1]
+
+
+def test_a_reward_only_logged_never_skips(build):
+    def always_none(prompts, completions, **kwargs):
+        return [None] * len(completions)
+
+    trainer = build(ScriptedSource(), reward=always_none, advantage_estimator="group", reward_weights=[0.0])
+    out = rollout(trainer)
+    assert out["tool_mask"].sum() == out["completion_mask"].sum()
+    assert trainer._metrics["train"]["dense/skipped_rows"] == [0]

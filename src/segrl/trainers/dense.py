@@ -171,7 +171,9 @@ class DenseRewardTrainer(TokenCountingGRPOTrainer):
         if self.dense_rewards is not None:
             rollout = Rollout(
                 prompts=[x["prompt"] for x in inputs],
-                completions=self.processing_class.batch_decode(completion_ids * mask, skip_special_tokens=True),
+                completions=self.processing_class.batch_decode(
+                    [ids[keep].tolist() for ids, keep in zip(completion_ids, mask)], skip_special_tokens=True
+                ),
                 prompt_ids=prompt_ids, prompt_mask=prompt_mask, completion_ids=completion_ids,
                 completion_mask=completion_mask, reference_entropy=entropy, eos_token_ids=list(self.eos_token_ids),
             )
