@@ -244,3 +244,20 @@ def test_prepared_file_round_trip_and_fit_normalizer(random_model_dir, tmp_path,
     normalizer = load_normalizer(tmp_path / "norm.json")
     assert isinstance(normalizer, LocationNormalizer)
     assert json.loads((tmp_path / "norm.json").read_text())["kind"] == "location"
+
+
+def test_prepare_segments_takes_conversational_rows(model_and_tokenizer):
+    model, tokenizer = model_and_tokenizer
+    tokenizer.chat_template = (
+        "{% for m in messages %}{{ m['role'] }}: {{ m['content'] }}\n{% endfor %}"
+        "{% if add_generation_prompt %}assistant:{% endif %}"
+    )
+    row = {"prompt": [{"role": "user", "content": "The soup was"}],
+           "chosen": [{"role": "assistant", "content": " hot."}],
+           "rejected": [{"role": "assistant", "content": " cold."}]}
+    (prepared,), skipped = prepare_segments([row], model, tokenizer, threshold=5.5)
+    prompt_text = "user: The soup was\nassistant:"
+    assert prepared["prompt_length"] == len(tokenizer(text=prompt_text)["input_ids"])
+    assert prepared["chosen_ids"] == tokenizer(text=prompt_text)["input_ids"] + tokenizer(
+        text=" hot.", add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
+    assert not skipped
