@@ -216,3 +216,16 @@ def test_a_reward_only_logged_never_skips(build):
     out = rollout(trainer)
     assert out["tool_mask"].sum() == out["completion_mask"].sum()
     assert trainer._metrics["train"]["dense/skipped_rows"] == [0]
+
+
+def test_reference_stays_the_starting_policy_while_the_policy_trains(build, random_model_dir):
+    """Regression: a reference deep-copied after TRL prepared the policy kept calling the policy's forward."""
+    trainer = build(ScriptedSource(), advantage_estimator="group", max_steps=2)
+    trainer.train()
+    ids = torch.tensor([[5, 6, 7, 8, 9, 10]])
+    start = AutoModelForCausalLM.from_pretrained(random_model_dir).eval()
+    with torch.no_grad():
+        reference, policy, initial = (m(input_ids=ids).logits for m in (trainer.reference, trainer.model, start))
+    torch.testing.assert_close(reference, initial)
+    assert (policy - initial).abs().max() > 1e-3
+    assert trainer.state.log_history[1]["dense/kl"] != pytest.approx(0.0, abs=1e-6)

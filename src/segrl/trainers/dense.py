@@ -48,8 +48,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
+from accelerate.utils import is_peft_model
 from trl import GRPOConfig
-from trl.trainer.utils import disable_dropout_in_model, use_adapter
+from trl.trainer.utils import create_model_from_path, disable_dropout_in_model, use_adapter
 
 from segrl import advantages as adv
 from segrl.dense_rewards import Rollout
@@ -116,13 +117,18 @@ class DenseRewardTrainer(TokenCountingGRPOTrainer):
             policy's starting weights by :func:`segrl.segment_rm.new_reward_model`).
     """
 
-    def __init__(self, *args, dense_rewards=None, critic=None, **kwargs):
-        super().__init__(*args, **kwargs)
+    def __init__(self, model, reward_funcs, args: DenseRewardConfig, *rest, dense_rewards=None, critic=None, **kwargs):
+        # The reference is copied before TRL prepares the policy: accelerate then sets a wrapped ``forward`` on the
+        # instance, and a later deep copy would keep calling the trained policy's forward (a KL of 0 forever).
+        reference = None
+        if isinstance(model, str):
+            model = create_model_from_path(model, **(args.model_init_kwargs or {}))
+        if not is_peft_model(model) and kwargs.get("peft_config") is None:  # else: the adapter turned off
+            reference = copy.deepcopy(model).eval().requires_grad_(False)
+        super().__init__(model, reward_funcs, args, *rest, **kwargs)
+        self.reference = reference.to(self.accelerator.device) if reference is not None else None
         self.dense_rewards = dense_rewards
         policy = self.accelerator.unwrap_model(self.model)
-        self.reference = None
-        if not hasattr(policy, "peft_config"):  # a PEFT policy is its own reference with the adapter off
-            self.reference = copy.deepcopy(policy).eval().requires_grad_(False)
         self.critic = self.critic_optimizer = None
         if self.args.advantage_estimator == "gae":
             if critic is None:
