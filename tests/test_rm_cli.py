@@ -1,6 +1,7 @@
 """The segment reward model pipeline through the CLI: prepare-segments, train rm, fit-normalizer, train dense."""
 
 import json
+import shutil
 
 import pytest
 from typer.testing import CliRunner
@@ -57,6 +58,17 @@ def test_train_rm_writes_model_metrics_and_config(pipeline):
     records = [json.loads(line) for line in (pipeline / "rm" / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in records if "loss" in r] == [1, 2, 3]
     assert any("eval_accuracy" in r for r in records)
+
+
+def test_prepared_rows_name_their_reference_and_train_rm_checks_it(pipeline, random_model_dir, tmp_path):
+    rows = [json.loads(line) for line in (pipeline / "prepared.jsonl").read_text().splitlines()]
+    assert rows[0]["segment_reference"] == str(random_model_dir.resolve())
+    other = tmp_path / "other-model"
+    shutil.copytree(random_model_dir, other)
+    result = run("train", "rm", "--model", other, "--train_file", pipeline / "prepared.jsonl", "--max_steps", "1",
+                 "--output_dir", tmp_path / "rm", "--report_to", "none")
+    assert result.exit_code == 2
+    assert f"was segmented by {random_model_dir.resolve()}, but the reward model would start from" in result.output
 
 
 def test_fit_normalizer_writes_a_location_normalizer(pipeline):

@@ -3,7 +3,8 @@
 
 The pipeline of Yin et al. 2025 on any ``prompt/chosen/rejected`` data:
 
-1. :func:`prepare` cuts every response with the reference model's entropy (:mod:`segrl.prepare`);
+1. :func:`prepare` cuts every response with the reference model's entropy (:mod:`segrl.prepare`) and stamps each
+   row with the threshold (``segment_threshold``) and the model (``segment_reference``);
 2. :func:`train_reward_model` trains a :class:`segrl.trainers.segment_rm.SegmentRewardTrainer` on the prepared
    file and writes ``final/`` (the model, safetensors, and its tokenizer), ``config.json`` and ``metrics.jsonl``;
 3. :func:`fit_normalizer` scores a held-out prepared file with the trained model and fits the location-aware
@@ -57,12 +58,25 @@ def prepare(source: str, output: str | Path, model_name: str, threshold: float, 
     model, tokenizer = load_model(model_name, cache_dir=cache_dir, seed=seed)
     prepared, skipped = prepare_segments(rows, model, tokenizer, threshold, max_length=max_length,
                                          batch_size=batch_size, progress=progress, source=str(source))
+    reference = _model_identity(model_name, cache_dir, seed)
     for row in prepared:
         row["segment_threshold"] = threshold
+        row["segment_reference"] = reference
     write_jsonl(output, prepared)
     segments = [max(ids) + 1 for row in prepared for ids in (row["chosen_segment_ids"], row["rejected_segment_ids"])]
     return {"rows": len(rows), "written": len(prepared), "skipped": dict(skipped),
             "segments_per_response": sum(segments) / len(segments)}
+
+
+def _model_identity(name: str, cache_dir: str | None, seed: int) -> str:
+    """What a model name means here: a preset's cache directory name (it holds the task, size and seed), a local
+    directory's absolute path, else the hub id as given."""
+    from segrl.models import SMOLLM2, TINY_PREFIX, resolve_model_path
+
+    if name == SMOLLM2 or name.startswith(TINY_PREFIX):
+        return Path(resolve_model_path(name, cache_dir=cache_dir, seed=seed)).name
+    path = Path(name).expanduser()
+    return str(path.resolve()) if path.is_dir() else str(name)
 
 
 def _read_prepared(path: str) -> list[dict[str, Any]]:
@@ -81,11 +95,13 @@ def _prepared_dataset(path: str):
 
     rows = _read_prepared(path)
     thresholds = {row.get("segment_threshold") for row in rows}
-    if len(thresholds) != 1:
-        raise UserError(f"{path}: the rows were segmented with different thresholds {sorted(map(str, thresholds))}")
+    references = {row.get("segment_reference") for row in rows}
+    if len(thresholds) != 1 or len(references) != 1:
+        raise UserError(f"{path}: the rows were segmented with different thresholds or reference models "
+                        f"({sorted(map(str, thresholds))}, {sorted(map(str, references))})")
     columns = [*PREPARED_COLUMNS, "segment_threshold"]
     dataset = Dataset.from_list([{name: row.get(name) for name in columns} for row in rows])
-    return dataset, thresholds.pop()
+    return dataset, thresholds.pop(), references.pop()
 
 
 class JsonlLogger(TrainerCallback):
@@ -111,8 +127,14 @@ def train_reward_model(run: RewardRunArguments, config) -> Path:
 
     if not run.train_file:
         raise UserError("--train_file is required: a JSONL prepared with `segrl prepare-segments`")
-    train_set, threshold = _prepared_dataset(run.train_file)
+    train_set, threshold, reference = _prepared_dataset(run.train_file)
     eval_set = _prepared_dataset(run.eval_file)[0] if run.eval_file else None
+    backbone = _model_identity(run.model, run.cache_dir, config.seed)
+    if reference is not None and reference != backbone:  # the segments are the reference model's: same model
+        raise UserError(
+            f"{run.train_file} was segmented by {reference}, but the reward model would start from {backbone}; "
+            "use the same model (for tiny-<task> presets also the same --seed)"
+        )
     path = resolve_model_path(run.model, cache_dir=run.cache_dir, seed=config.seed)
     tokenizer = AutoTokenizer.from_pretrained(path)
     if tokenizer.pad_token is None:

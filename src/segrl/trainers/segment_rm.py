@@ -9,7 +9,8 @@ data: ``"segment"`` (entropy segments of ``segrl prepare-segments``), ``"token"`
 ``center_rewards_coefficient`` adds its regulariser on e.
 
 The training data must come from :func:`segrl.prepare.prepare_segments` (columns ``chosen_ids``, ``rejected_ids``,
-``prompt_length``, ``chosen_segment_ids``, ``rejected_segment_ids``, ``segment_threshold``). A pair whose score
+``prompt_length``, ``chosen_segment_ids``, ``rejected_segment_ids``, ``segment_threshold``; ``segment_reference``
+names the model that segmented them, and ``segrl train rm`` refuses a backbone that is another). A pair whose score
 is not finite (a response with no segment, or a NaN from the model) is left out of the loss and counted in the
 ``skipped_pairs`` metric; a batch with none left contributes a zero loss.
 
