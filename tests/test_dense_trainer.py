@@ -229,3 +229,14 @@ def test_reference_stays_the_starting_policy_while_the_policy_trains(build, rand
     torch.testing.assert_close(reference, initial)
     assert (policy - initial).abs().max() > 1e-3
     assert trainer.state.log_history[1]["dense/kl"] != pytest.approx(0.0, abs=1e-6)
+
+
+def test_several_ppo_epochs_per_batch(build):
+    """num_iterations > 1: TRL reuses the batch (with its generation-time log-probs), the critic fits it as often."""
+    trainer = build(ScriptedSource(), advantage_estimator="gae", num_iterations=2, max_steps=2,
+                    steps_per_generation=1)
+    trainer.train()
+    values = [r["critic/value_loss"] for r in trainer.state.log_history if "critic/value_loss" in r]
+    assert len(values) == 1  # one generation batch serves both policy steps
+    first = next(iter(trainer.critic_optimizer.state.values()))
+    assert first["step"].item() == 2  # 2 critic epochs x 1 minibatch of 4 rows
