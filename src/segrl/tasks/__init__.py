@@ -22,8 +22,9 @@ lazily, that follows this contract:
     Text to train the task's own tokenizer on (used by the ``tiny-<task>`` presets, :mod:`segrl.tiny`).
 
 Built-in tasks: ``arith`` (multi-step arithmetic word problems), ``facts`` (K one-line arithmetic facts per
-prompt, each true or false; a per-line oracle reward and Bradley-Terry preference pairs). Planned: ``sentiment``,
-``grounding``, ``toymt``.
+prompt, each true or false; a per-line oracle reward and Bradley-Terry preference pairs), ``sentiment`` (review
+openings to continue; VADER's compound score of the continuation as the reward, and VADER word scores for a lexicon
+critic). Planned: ``grounding``, ``toymt``.
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ from segrl.errors import UserError
 TASKS: dict[str, str] = {
     "arith": "segrl.tasks.arith",
     "facts": "segrl.tasks.facts",
+    "sentiment": "segrl.tasks.sentiment",
 }
 
 
