@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import importlib
 from types import ModuleType
+from typing import Any
 
 from segrl.errors import UserError
 
@@ -57,4 +58,51 @@ def get_task(name: str) -> ModuleType:
     return importlib.import_module(TASKS[name])
 
 
-__all__ = ["TASKS", "get_task", "task_names"]
+def completion_text(completion: Any) -> str | None:
+    """Plain text of a completion given as a string or as TRL's conversational messages (the assistant messages'
+    text, content blocks included, joined by newlines); None for anything else. Never raises."""
+    if isinstance(completion, str):
+        return completion
+    if isinstance(completion, dict):
+        completion = [completion]
+    if isinstance(completion, (list, tuple)):
+        parts = []
+        for message in completion:
+            if not isinstance(message, dict) or message.get("role", "assistant") != "assistant":
+                continue
+            content = message.get("content")
+            if isinstance(content, str):
+                parts.append(content)
+            elif isinstance(content, list):  # content blocks: [{"type": "text", "text": ...}]
+                parts.extend(
+                    b["text"] for b in content if isinstance(b, dict) and isinstance(b.get("text"), str)
+                )
+        return "\n".join(parts)
+    return None
+
+
+def with_defaults(task: str, defaults: dict[str, Any], difficulty: dict[str, Any]) -> dict[str, Any]:
+    """``difficulty`` over the task's ``defaults``; an unknown knob raises :class:`UserError` listing the knobs."""
+    unknown = sorted(set(difficulty) - set(defaults))
+    if unknown:
+        raise UserError(
+            f"{task}: unknown difficulty knob(s) {', '.join(unknown)}; the knobs are {', '.join(defaults)}"
+        )
+    return {**defaults, **difficulty}
+
+
+def need_int(task: str, knobs: dict[str, Any], name: str, low: int) -> None:
+    """Raise :class:`UserError` unless ``knobs[name]`` is an integer (not a bool) >= ``low``."""
+    value = knobs[name]
+    if isinstance(value, bool) or not isinstance(value, int) or value < low:
+        raise UserError(f"{task}: difficulty knob {name} must be an integer >= {low}, got {value!r}")
+
+
+def canonical_ops(task: str, ops: Any) -> str:
+    """A non-empty string of operators from ``+-*`` in canonical order without repeats, else :class:`UserError`."""
+    if not isinstance(ops, str) or not ops or set(ops) - set("+-*"):
+        raise UserError(f"{task}: difficulty knob ops must be a non-empty string of '+', '-', '*', got {ops!r}")
+    return "".join(o for o in "+-*" if o in ops)
+
+
+__all__ = ["TASKS", "canonical_ops", "completion_text", "get_task", "need_int", "task_names", "with_defaults"]

@@ -81,6 +81,7 @@ from decimal import Decimal, InvalidOperation
 from typing import Any
 
 from segrl.errors import UserError
+from segrl.tasks import canonical_ops, completion_text, need_int, with_defaults
 
 #: Default difficulty (see the module docstring for what each knob does).
 DEFAULT_DIFFICULTY: dict[str, Any] = {
@@ -121,27 +122,10 @@ _MUL_NAMED = {2: "{P} doubles them.", 3: "{P} triples them."}
 
 
 def _check_difficulty(difficulty: dict[str, Any]) -> dict[str, Any]:
-    unknown = sorted(set(difficulty) - set(DEFAULT_DIFFICULTY))
-    if unknown:
-        raise UserError(
-            f"arith: unknown difficulty knob(s) {', '.join(unknown)}; "
-            f"the knobs are {', '.join(DEFAULT_DIFFICULTY)}"
-        )
-    d = {**DEFAULT_DIFFICULTY, **difficulty}
-
-    def need_int(name: str, low: int) -> None:
-        v = d[name]
-        if isinstance(v, bool) or not isinstance(v, int) or v < low:
-            raise UserError(f"arith: difficulty knob {name} must be an integer >= {low}, got {v!r}")
-
-    need_int("num_steps", 1)
-    need_int("max_operand", 1)
-    need_int("max_factor", 2)
-    need_int("max_value", 1)
-    ops = d["ops"]
-    if not isinstance(ops, str) or not ops or set(ops) - set("+-*"):
-        raise UserError(f"arith: difficulty knob ops must be a non-empty string of '+', '-', '*', got {ops!r}")
-    d["ops"] = "".join(o for o in "+-*" if o in ops)  # canonical order, no repeats
+    d = with_defaults("arith", DEFAULT_DIFFICULTY, difficulty)
+    for name, low in (("num_steps", 1), ("max_operand", 1), ("max_factor", 2), ("max_value", 1)):
+        need_int("arith", d, name, low)
+    d["ops"] = canonical_ops("arith", d["ops"])
     if d["max_operand"] > d["max_value"]:
         raise UserError(
             f"arith: max_operand ({d['max_operand']}) must not exceed max_value ({d['max_value']})"
@@ -315,28 +299,6 @@ def parse_answer(text: Any) -> int | None:
     return -n if m.group(1) == "-" else n
 
 
-def _completion_text(completion: Any) -> str | None:
-    """Plain text of a completion given as a string or as TRL's conversational list of messages."""
-    if isinstance(completion, str):
-        return completion
-    if isinstance(completion, dict):
-        completion = [completion]
-    if isinstance(completion, (list, tuple)):
-        parts = []
-        for message in completion:
-            if not isinstance(message, dict) or message.get("role", "assistant") != "assistant":
-                continue
-            content = message.get("content")
-            if isinstance(content, str):
-                parts.append(content)
-            elif isinstance(content, list):  # content blocks: [{"type": "text", "text": ...}]
-                parts.extend(
-                    b["text"] for b in content if isinstance(b, dict) and isinstance(b.get("text"), str)
-                )
-        return "\n".join(parts)
-    return None
-
-
 def _as_int(value: Any, row: int) -> int:
     if isinstance(value, bool):
         raise UserError(f"arith reward: row {row}: column 'answer' must be an integer, got {value!r}")
@@ -366,7 +328,7 @@ def reward(prompts: list[Any], completions: list[Any], answer: list[Any] | None 
     out = []
     for i, (completion, truth) in enumerate(zip(completions, answer)):
         target = _as_int(truth, i)
-        got = parse_answer(_completion_text(completion))
+        got = parse_answer(completion_text(completion))
         out.append(1.0 if got is not None and got == target else 0.0)
     return out
 

@@ -126,6 +126,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from segrl.errors import UserError
+from segrl.tasks import canonical_ops, completion_text, need_int, with_defaults
 
 #: Default difficulty (see the module docstring for what each knob does).
 DEFAULT_DIFFICULTY: dict[str, Any] = {
@@ -261,26 +262,10 @@ def score(text: Any, op: str, number: int, num_facts: int) -> float:
 
 
 def _check_difficulty(difficulty: dict[str, Any]) -> dict[str, Any]:
-    unknown = sorted(set(difficulty) - set(DEFAULT_DIFFICULTY))
-    if unknown:
-        raise UserError(
-            f"facts: unknown difficulty knob(s) {', '.join(unknown)}; "
-            f"the knobs are {', '.join(DEFAULT_DIFFICULTY)}"
-        )
-    d = {**DEFAULT_DIFFICULTY, **difficulty}
-
-    def need_int(name: str, low: int) -> None:
-        v = d[name]
-        if isinstance(v, bool) or not isinstance(v, int) or v < low:
-            raise UserError(f"facts: difficulty knob {name} must be an integer >= {low}, got {v!r}")
-
-    need_int("num_facts", 1)
-    need_int("max_operand", 2)
-    need_int("max_offset", 1)
-    ops = d["ops"]
-    if not isinstance(ops, str) or not ops or set(ops) - set("+-*"):
-        raise UserError(f"facts: difficulty knob ops must be a non-empty string of '+', '-', '*', got {ops!r}")
-    d["ops"] = "".join(o for o in "+-*" if o in ops)  # canonical order, no repeats
+    d = with_defaults("facts", DEFAULT_DIFFICULTY, difficulty)
+    for name, low in (("num_facts", 1), ("max_operand", 2), ("max_offset", 1)):
+        need_int("facts", d, name, low)
+    d["ops"] = canonical_ops("facts", d["ops"])
     rate = d["max_error_rate"]
     if isinstance(rate, bool) or not isinstance(rate, (int, float)) or not 0.0 <= rate <= 1.0:
         raise UserError(f"facts: difficulty knob max_error_rate must be a number in [0, 1], got {rate!r}")
@@ -510,28 +495,6 @@ def corpus(seed: int = 0) -> list[str]:
 # reward
 
 
-def _completion_text(completion: Any) -> str | None:
-    """Plain text of a completion given as a string or as TRL's conversational list of messages."""
-    if isinstance(completion, str):
-        return completion
-    if isinstance(completion, dict):
-        completion = [completion]
-    if isinstance(completion, (list, tuple)):
-        parts = []
-        for message in completion:
-            if not isinstance(message, dict) or message.get("role", "assistant") != "assistant":
-                continue
-            content = message.get("content")
-            if isinstance(content, str):
-                parts.append(content)
-            elif isinstance(content, list):  # content blocks: [{"type": "text", "text": ...}]
-                parts.extend(
-                    b["text"] for b in content if isinstance(b, dict) and isinstance(b.get("text"), str)
-                )
-        return "\n".join(parts)
-    return None
-
-
 def _column_int(name: str, value: Any, row: int, low: int | None = None) -> int:
     n: int | None = None
     if isinstance(value, bool):
@@ -580,7 +543,7 @@ def reward(
             raise UserError(f"facts reward: row {i}: column 'op' must be one of '+', '-', '*', got {o!r}")
         n = _column_int("number", number[i], i)  # type: ignore[index]
         k = _column_int("num_facts", num_facts[i], i, 1)  # type: ignore[index]
-        out.append(score(_completion_text(completion), o, n, k))
+        out.append(score(completion_text(completion), o, n, k))
     return out
 
 

@@ -81,6 +81,7 @@ import zlib
 from typing import Any
 
 from segrl.errors import UserError
+from segrl.tasks import completion_text, with_defaults
 
 #: Default difficulty (see the module docstring for what the knob does).
 DEFAULT_DIFFICULTY: dict[str, Any] = {"negative_share": 0.5}
@@ -215,13 +216,7 @@ _PAIRS = _all_pairs()
 
 
 def _check_difficulty(difficulty: dict[str, Any]) -> dict[str, Any]:
-    unknown = sorted(set(difficulty) - set(DEFAULT_DIFFICULTY))
-    if unknown:
-        raise UserError(
-            f"sentiment: unknown difficulty knob(s) {', '.join(unknown)}; "
-            f"the knobs are {', '.join(DEFAULT_DIFFICULTY)}"
-        )
-    d = {**DEFAULT_DIFFICULTY, **difficulty}
+    d = with_defaults("sentiment", DEFAULT_DIFFICULTY, difficulty)
     share = d["negative_share"]
     if (
         isinstance(share, bool)
@@ -314,28 +309,6 @@ def analyzer():
     return _ANALYZER
 
 
-def _completion_text(completion: Any) -> str | None:
-    """Plain text of a completion given as a string or as TRL's conversational list of messages."""
-    if isinstance(completion, str):
-        return completion
-    if isinstance(completion, dict):
-        completion = [completion]
-    if isinstance(completion, (list, tuple)):
-        parts = []
-        for message in completion:
-            if not isinstance(message, dict) or message.get("role", "assistant") != "assistant":
-                continue
-            content = message.get("content")
-            if isinstance(content, str):
-                parts.append(content)
-            elif isinstance(content, list):  # content blocks: [{"type": "text", "text": ...}]
-                parts.extend(
-                    b["text"] for b in content if isinstance(b, dict) and isinstance(b.get("text"), str)
-                )
-        return "\n".join(parts)
-    return None
-
-
 def score(text: Any) -> float:
     """VADER's compound score of ``text`` in [-1, 1]; 0.0 for an empty, whitespace-only or non-string text.
     Never raises."""
@@ -357,7 +330,7 @@ def reward(prompts: list[Any], completions: list[Any], **kwargs: Any) -> list[fl
     negative review). Never raises on a completion. A lexicon score of the whole text: repeating positive words
     games it (module docstring).
     """
-    texts = [_completion_text(c) for c in completions]
+    texts = [completion_text(c) for c in completions]
     return [score(text) if text is not None and text.strip() else -1.0 for text in texts]
 
 
