@@ -206,6 +206,7 @@ def test_same_seed_same_data_and_prefix_property():
 def test_columns_and_demonstrations_match_their_prompts():
     ds = facts.make_dataset("train", 5)
     assert ds.column_names == ["prompt", "completion", "op", "number", "num_facts", "truths"]
+    false_lines = 0
     for split in ("train", "test"):
         for row in facts.make_rows(split, 400, seed=5):
             k, topic, n = _PROMPT.fullmatch(row["prompt"]).groups()
@@ -219,6 +220,7 @@ def test_columns_and_demonstrations_match_their_prompts():
                 right = {"+": int(a) + int(b), "-": int(a) - int(b), "*": int(a) * int(b)}[op]
                 assert (right == int(c)) == true
                 if not true:
+                    false_lines += 1
                     assert 1 <= abs(int(c) - right) <= 3
                     assert int(c) >= 0 or right < 0  # plausible: never negative when the truth is not
                 assert 1 <= int(b) <= 12
@@ -227,6 +229,7 @@ def test_columns_and_demonstrations_match_their_prompts():
             expected = sum(row["truths"]) / row["num_facts"]
             assert facts.reward([row["prompt"]], [row["completion"]], op=[row["op"]], number=[row["number"]],
                                 num_facts=[row["num_facts"]]) == [expected]
+    assert false_lines > 100  # the checks on false values above did run (about 20% of 3,200 lines are false)
 
 
 def test_demonstrations_mix_true_and_false_statements():

@@ -51,14 +51,14 @@ def prepare(source: str, output: str | Path, model_name: str, threshold: float, 
 
     Returns a summary: rows in and out, skipped rows per reason, mean segments per response.
     """
-    from segrl.models import load_model
+    from segrl.models import load_model, resolve_model_path
     from segrl.prepare import load_preference_rows, prepare_segments, write_jsonl
 
     rows = load_preference_rows(source)
     model, tokenizer = load_model(model_name, cache_dir=cache_dir, seed=seed)
     prepared, skipped = prepare_segments(rows, model, tokenizer, threshold, max_length=max_length,
                                          batch_size=batch_size, progress=progress, source=str(source))
-    reference = _model_identity(model_name, cache_dir, seed)
+    reference = _model_identity(model_name, resolve_model_path(model_name, cache_dir=cache_dir, seed=seed))
     for row in prepared:
         row["segment_threshold"] = threshold
         row["segment_reference"] = reference
@@ -68,15 +68,16 @@ def prepare(source: str, output: str | Path, model_name: str, threshold: float, 
             "segments_per_response": sum(segments) / len(segments)}
 
 
-def _model_identity(name: str, cache_dir: str | None, seed: int) -> str:
-    """What a model name means here: a preset's cache directory name (it holds the task, size and seed), a local
-    directory's absolute path, else the hub id as given."""
-    from segrl.models import SMOLLM2, TINY_PREFIX, resolve_model_path
+def _model_identity(name: str, path) -> str:
+    """What a model name means here, given the path it resolved to (:func:`segrl.models.resolve_model_path`): a
+    preset's cache directory name (it holds the task, size and seed), a local directory's absolute path, else the
+    hub id as given."""
+    from segrl.models import SMOLLM2, TINY_PREFIX
 
     if name == SMOLLM2 or name.startswith(TINY_PREFIX):
-        return Path(resolve_model_path(name, cache_dir=cache_dir, seed=seed)).name
-    path = Path(name).expanduser()
-    return str(path.resolve()) if path.is_dir() else str(name)
+        return Path(path).name
+    local = Path(name).expanduser()
+    return str(local.resolve()) if local.is_dir() else str(name)
 
 
 def _read_prepared(path: str) -> list[dict[str, Any]]:
@@ -129,13 +130,13 @@ def train_reward_model(run: RewardRunArguments, config) -> Path:
         raise UserError("--train_file is required: a JSONL prepared with `segrl prepare-segments`")
     train_set, threshold, reference = _prepared_dataset(run.train_file)
     eval_set = _prepared_dataset(run.eval_file)[0] if run.eval_file else None
-    backbone = _model_identity(run.model, run.cache_dir, config.seed)
+    path = resolve_model_path(run.model, cache_dir=run.cache_dir, seed=config.seed)
+    backbone = _model_identity(run.model, path)
     if reference is not None and reference != backbone:  # the segments are the reference model's: same model
         raise UserError(
             f"{run.train_file} was segmented by {reference}, but the reward model would start from {backbone}; "
             "use the same model (for tiny-<task> presets also the same --seed)"
         )
-    path = resolve_model_path(run.model, cache_dir=run.cache_dir, seed=config.seed)
     tokenizer = AutoTokenizer.from_pretrained(path)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token

@@ -201,12 +201,7 @@ class DenseRewardTrainer(TokenCountingGRPOTrainer):
         else:
             advantages = adv.dense_group_advantages(rewards, loss_mask, self.num_generations, gamma=args.gamma)
             advantages = advantages.masked_fill(~loss_mask, 0.0)
-        if args.whiten_advantages:
-            moments = self.accelerator.reduce(adv.masked_moments(advantages, loss_mask), reduction="sum")
-            advantages = adv.whiten(advantages, loss_mask, moments=moments)
-        output["advantages"] = advantages * loss_mask
-        output["tool_mask"] = loss_mask.long()
-        output["num_items_in_batch"] = self.accelerator.gather(loss_mask.sum()).sum()
+        self._set_token_advantages(output, advantages, loss_mask, args.whiten_advantages)
 
         kept = loss_mask.any(dim=1)
         metrics["dense/skipped_rows"].append(skipped.sum().item())

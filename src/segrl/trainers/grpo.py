@@ -7,7 +7,7 @@ subclasses add their own extra generation through :meth:`count_generated`.
 
 It also keeps what segrl's subclasses reuse instead of recomputing: the rewards of the latest batch per reward
 function (gathered over processes, ``_last_rewards_per_func``) and the sampling-time log-probs
-(:meth:`_sampling_logps`).
+(:meth:`_sampling_logps`); and the hand-off of per-token advantages to TRL's loss (:meth:`_set_token_advantages`).
 """
 
 from __future__ import annotations
@@ -16,6 +16,8 @@ from typing import Any
 
 import torch
 from trl import GRPOTrainer
+
+from segrl import advantages as adv
 
 
 class TokenCountingGRPOTrainer(GRPOTrainer):
@@ -43,6 +45,17 @@ class TokenCountingGRPOTrainer(GRPOTrainer):
         # Keep GRPO's rewards (gathered over processes, (N, num_reward_funcs)) so that no one scores twice.
         self._last_rewards_per_func = super()._calculate_rewards(inputs, prompts, completions, completion_ids_list)
         return self._last_rewards_per_func
+
+    def _set_token_advantages(self, output: dict[str, Any], advantages: torch.Tensor, loss_mask: torch.Tensor,
+                              whiten: bool) -> None:
+        """Hand (B, T) advantages to TRL's loss: whitened over the tokens in ``loss_mask`` (across processes) if
+        ``whiten``, zero off it; the mask goes in as ``tool_mask``, the one per-token weight TRL's loss applies."""
+        if whiten:
+            moments = self.accelerator.reduce(adv.masked_moments(advantages, loss_mask), reduction="sum")
+            advantages = adv.whiten(advantages, loss_mask, moments=moments)
+        output["advantages"] = advantages * loss_mask
+        output["tool_mask"] = loss_mask.long()
+        output["num_items_in_batch"] = self.accelerator.gather(loss_mask.sum()).sum()
 
     @torch.no_grad()
     def _sampling_logps(self, output: dict[str, Any]) -> torch.Tensor:

@@ -228,12 +228,7 @@ class SPOTrainer(TokenCountingGRPOTrainer):
         )
         self.last_example = self._example(inputs, output["completion_ids"], completion_mask, segment_ids,
                                           token_advantages * loss_mask, final_rewards)
-        if args.whiten_advantages:
-            moments = self.accelerator.reduce(adv.masked_moments(token_advantages, loss_mask), reduction="sum")
-            token_advantages = adv.whiten(token_advantages, loss_mask, moments=moments)
-        output["advantages"] = token_advantages * loss_mask
-        output["tool_mask"] = loss_mask.long()
-        output["num_items_in_batch"] = self.accelerator.gather(loss_mask.sum()).sum()
+        self._set_token_advantages(output, token_advantages, loss_mask, args.whiten_advantages)
         self._metrics[mode]["segments/masked_in_fraction"].append(
             (loss_mask.sum() / completion_mask.sum().clamp(min=1)).item()
         )
