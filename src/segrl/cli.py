@@ -261,3 +261,101 @@ def quickstart(
     report = run_quickstart(output_dir, token_budget, seed, eval_examples, eval_every,
                             str(cache_dir) if cache_dir else None, model)
     console.print(f"Report: [bold]{os.path.abspath(report)}[/]", highlight=False)
+
+
+@app.command()
+@user_errors
+def decode(
+    method: Annotated[str, typer.Option(help="cards (cascade reward sampling), bon (Best-of-N) or vanilla.")] = "cards",
+    model: ModelOption = "smollm2-135m",
+    reward: Annotated[Optional[str], typer.Option(
+        help="Reward source: a task name (its reward function, e.g. sentiment), package.module:function (TRL's "
+             "reward signature), or a reward model directory (sequence classifier, or a segrl segment RM). "
+             "Default: the task's reward.", show_default=False)] = None,
+    prompts: Annotated[Optional[Path], typer.Option(
+        help="JSONL file of rows with a 'prompt' (text or chat messages); instead of --task.", show_default=False)] = None,
+    task: Annotated[str, typer.Option(help="Built-in task whose test prompts are decoded when --prompts is not given.")] = "sentiment",
+    num_prompts: Annotated[int, typer.Option(help="How many task prompts (or the first N of --prompts; 0: all of the file).")] = 16,
+    output: Annotated[Path, typer.Option("--output", "-o", help="JSONL of responses; the totals go to <stem>.summary.json.")] = Path("runs/decode/decode.jsonl"),
+    n: Annotated[int, typer.Option(help="bon: samples per prompt.")] = 4,
+    target_reward: Annotated[Optional[float], typer.Option(
+        help="cards: r*, the target reward. Default: mean + 0.5 std of vanilla rewards on the first 16 prompts.",
+        show_default=False)] = None,
+    alpha: Annotated[float, typer.Option(help="cards: r0 = (1 - alpha) RM(x) + alpha r*.")] = 0.5,
+    beta: Annotated[float, typer.Option(help="cards: soft acceptance min(1, exp((r - tau)/beta)).")] = 0.7,
+    acceptance: Annotated[str, typer.Option(help="cards: soft or hard (r >= tau).")] = "soft",
+    tau_u: Annotated[float, typer.Option(help="cards: a segment ends before a token whose entropy is >= tau_u.")] = 3.0,
+    max_rejections: Annotated[int, typer.Option(help="cards: after this many rejections in a row, take the best candidate.")] = 20,
+    max_new_tokens: Annotated[int, typer.Option(help="Response length cap (L_max).")] = 128,
+    top_k: Annotated[int, typer.Option(help="Sample from the top-k tokens.")] = 40,
+    temperature: Annotated[float, typer.Option(help="Sampling temperature.")] = 0.7,
+    batch_size: Annotated[int, typer.Option(help="cards: prompts decoded together; bon/vanilla: sequences.")] = 16,
+    seed: Annotated[int, typer.Option(help="Seeds task prompts, sampling and acceptance.")] = 0,
+    cache_dir: CacheOption = None,
+):
+    """Decode prompts with a reward source at decoding time: CARDS, Best-of-N or vanilla sampling.
+
+    Writes one JSON line per prompt (text, reward, tokens, policy tokens sampled, RM calls, wall time) and a summary
+    with the totals. Defaults: CARDS with smollm2-135m and VADER sentiment on 16 review openings.
+    """
+    import torch
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+    from segrl.decoding.cards import CardsConfig
+    from segrl.decoding.run import METHODS, estimate_target_reward, run
+    from segrl.decoding.sampling import SamplingConfig
+    from segrl.decoding.scorers import load_scorer
+    from segrl.files import read_jsonl
+    from segrl.models import load_model
+    from segrl.tasks import get_task
+
+    if method not in METHODS:
+        raise UserError(f"--method must be one of {', '.join(METHODS)}, got {method!r}")
+    if prompts is not None:
+        rows = read_jsonl(prompts, {"prompt": object})
+        for line, row in enumerate(rows, start=1):
+            if not isinstance(row["prompt"], (str, list)):
+                raise UserError(f"{prompts}, row {line}: field 'prompt' should be text or a list of messages")
+        texts = [row["prompt"] for row in rows][: num_prompts or None]
+        reward = reward or task
+    else:
+        texts = [row["prompt"] for row in get_task(task).make_rows("test", num_prompts, seed)]
+        reward = reward or task
+    if not texts:
+        raise UserError("no prompts to decode")
+    torch.manual_seed(seed)
+    with status_console.status(f"Loading {model} and the reward {reward} ..."):
+        policy, tokenizer = load_model(model, cache_dir=cache_dir, seed=seed)
+        scorer = load_scorer(reward, policy, tokenizer, device=policy.device, batch_size=batch_size)
+    sampling = SamplingConfig(n=n if method == "bon" else 1, top_k=top_k, temperature=temperature,
+                              max_new_tokens=max_new_tokens, batch_size=batch_size, seed=seed)
+    extra = {"model": model, "reward": reward, "prompts": str(prompts) if prompts else f"task {task} (test)"}
+    config = sampling
+    if method == "cards":
+        if target_reward is None:
+            with status_console.status("Estimating r* from vanilla samples ..."):
+                target_reward, seen = estimate_target_reward(policy, tokenizer, scorer, texts, sampling)
+            extra["target_reward_estimate"] = seen
+            status_console.print(f"r* = {target_reward:.3f} (vanilla mean {seen['vanilla_mean']:.3f}, std "
+                                 f"{seen['vanilla_std']:.3f} on {seen['calibration_prompts']} prompts)")
+        config = CardsConfig(target_reward=target_reward, alpha=alpha, beta=beta, acceptance=acceptance, tau_u=tau_u,
+                             max_new_tokens=max_new_tokens, max_rejections=max_rejections, top_k=top_k,
+                             temperature=temperature, batch_size=batch_size, seed=seed)
+    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[info]}"),
+               TimeElapsedColumn(), TimeRemainingColumn())
+    rewards: list[float] = []
+    with Progress(*columns, console=status_console, transient=True) as bar:
+        job = bar.add_task(f"{method} decoding", total=len(texts), info="")
+
+        def progress(result, done, total):
+            if result.reward is not None:
+                rewards.append(result.reward)
+            mean = f"mean reward {sum(rewards) / len(rewards):.3f}" if rewards else ""
+            bar.update(job, completed=done, info=mean)
+
+        summary = run(method, policy, tokenizer, scorer, texts, config, output, extra, progress)
+    mean = summary["mean_reward"]
+    console.print(
+        f"{method}: {summary['prompts']} prompts ({summary['skipped']} skipped), mean reward "
+        f"{'n/a' if mean is None else f'{mean:.3f}'}, {summary['policy_tokens']} policy tokens, "
+        f"{summary['rm_calls']} RM calls, {summary['wall_time']:.1f} s -> [bold]{output}[/]", highlight=False)

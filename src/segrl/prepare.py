@@ -39,7 +39,7 @@ from segrl.scoring import completion_entropies_and_logps
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["load_preference_rows", "prepare_segments", "tokenize_pair", "write_jsonl"]
+__all__ = ["load_preference_rows", "prepare_segments", "tokenize_pair", "tokenize_prompt", "write_jsonl"]
 
 REQUIRED = ("prompt", "chosen", "rejected")
 
@@ -75,21 +75,25 @@ def tokenize_pair(tokenizer, row: dict[str, Any], where: str) -> tuple[list[int]
     for name in REQUIRED:
         if name not in row:
             raise UserError(f"{where}: missing field '{name}'")
-    prompt = row["prompt"]
-    if isinstance(prompt, str):
-        prompt_ids = tokenizer(text=prompt)["input_ids"]
-    elif isinstance(prompt, list) and all(isinstance(m, dict) for m in prompt):
-        prompt_ids = tokenizer.apply_chat_template(prompt, add_generation_prompt=True, tokenize=True,
-                                                   return_dict=True)["input_ids"]
-    else:
-        raise UserError(f"{where}: field 'prompt' should be text or a list of messages, got {type(prompt).__name__}")
+    prompt_ids = tokenize_prompt(tokenizer, row["prompt"], where)
     responses = []
     for name in ("chosen", "rejected"):
         text = _response_text(row[name])
         if text is None:
             raise UserError(f"{where}: field '{name}' should be text or a list of messages")
         responses.append(tokenizer(text=text, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id])
-    return list(prompt_ids), responses[0], responses[1]
+    return prompt_ids, responses[0], responses[1]
+
+
+def tokenize_prompt(tokenizer, prompt: Any, where: str) -> list[int]:
+    """Token ids of a prompt as GRPO lays it out: plain text as the tokenizer encodes it (special tokens included),
+    a list of messages through the chat template with the generation prompt."""
+    if isinstance(prompt, str):
+        return list(tokenizer(text=prompt)["input_ids"])
+    if isinstance(prompt, list) and all(isinstance(m, dict) for m in prompt):
+        return list(tokenizer.apply_chat_template(prompt, add_generation_prompt=True, tokenize=True,
+                                                  return_dict=True)["input_ids"])
+    raise UserError(f"{where}: field 'prompt' should be text or a list of messages, got {type(prompt).__name__}")
 
 
 def _skip_reason(row: dict[str, Any], ids: tuple[list[int], list[int], list[int]], max_length: int | None) -> str | None:
