@@ -77,6 +77,10 @@ def test_config_checks():
         CardsConfig(target_reward=0.0, acceptance="maybe")
     with pytest.raises(UserError, match="min_segment_tokens"):
         CardsConfig(target_reward=0.0, min_segment_tokens=10, max_segment_tokens=5)
+    with pytest.raises(UserError, match="batch_size must be an integer >= 1"):
+        CardsConfig(target_reward=0.0, batch_size=0)
+    with pytest.raises(UserError, match="top_k"):
+        CardsConfig(target_reward=0.0, top_k=True)
 
 
 # ------------------------------------------------------------------------------------------------ segmentation

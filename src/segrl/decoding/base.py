@@ -10,7 +10,7 @@ import torch
 
 from segrl.errors import UserError
 
-__all__ = ["Decoded", "encode_prompt", "eos_token_ids", "row_generator"]
+__all__ = ["Decoded", "check_positive_ints", "encode_prompt", "eos_token_ids", "row_generator"]
 
 
 @dataclass
@@ -93,3 +93,11 @@ def eos_token_ids(model, tokenizer) -> set[int]:
     if not ids:
         raise UserError("the tokenizer and the model define no EOS token; a response could never end")
     return ids
+
+
+def check_positive_ints(config, names: tuple[str, ...]) -> None:
+    """Raise :class:`UserError` unless each named field of ``config`` is an integer >= 1."""
+    for name in names:
+        value = getattr(config, name)
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise UserError(f"{name} must be an integer >= 1, got {value!r}")

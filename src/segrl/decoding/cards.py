@@ -57,7 +57,7 @@ from typing import Any
 
 import torch
 
-from segrl.decoding.base import Decoded, encode_prompt, eos_token_ids, row_generator
+from segrl.decoding.base import Decoded, check_positive_ints, encode_prompt, eos_token_ids, row_generator
 from segrl.decoding.batch import SequenceBatch, sample_top_k
 from segrl.decoding.scorers import safe_scores
 from segrl.errors import UserError
@@ -104,10 +104,8 @@ class CardsConfig:
             raise UserError(f"target_reward (r*) must be a finite number, got {self.target_reward!r}")
         if self.acceptance not in ACCEPTANCE:
             raise UserError(f"acceptance must be one of {', '.join(ACCEPTANCE)}, got {self.acceptance!r}")
-        for name in ("min_segment_tokens", "max_segment_tokens", "max_new_tokens", "max_rejections", "top_k",
-                     "batch_size"):
-            if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
-                raise UserError(f"{name} must be an integer >= 1, got {getattr(self, name)!r}")
+        check_positive_ints(self, ("min_segment_tokens", "max_segment_tokens", "max_new_tokens", "max_rejections",
+                                   "top_k", "batch_size"))
         if self.min_segment_tokens > self.max_segment_tokens:
             raise UserError("min_segment_tokens must be <= max_segment_tokens")
         if not 0.0 <= self.alpha <= 1.0:

@@ -21,7 +21,7 @@ from typing import Any
 
 import torch
 
-from segrl.decoding.base import Decoded, encode_prompt, eos_token_ids, row_generator
+from segrl.decoding.base import Decoded, check_positive_ints, encode_prompt, eos_token_ids, row_generator
 from segrl.decoding.batch import SequenceBatch, sample_top_k
 from segrl.decoding.scorers import safe_scores
 from segrl.errors import UserError
@@ -47,9 +47,7 @@ class SamplingConfig:
     """Seeds every sample's random stream."""
 
     def __post_init__(self):
-        for name in ("n", "top_k", "max_new_tokens", "batch_size"):
-            if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
-                raise UserError(f"{name} must be an integer >= 1, got {getattr(self, name)!r}")
+        check_positive_ints(self, ("n", "top_k", "max_new_tokens", "batch_size"))
         if not self.temperature > 0:
             raise UserError(f"temperature must be > 0, got {self.temperature!r}")
 

@@ -216,12 +216,14 @@ def load_scorer(spec: str, policy=None, policy_tokenizer=None, device=None, batc
 def _load_model_scorer(path: str, policy, policy_tokenizer, device, batch_size: int):
     from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer
 
+    from segrl.tasks import task_names
+
     try:
         config = AutoConfig.from_pretrained(path)
         tokenizer = AutoTokenizer.from_pretrained(path)
     except (OSError, ValueError) as err:
         raise UserError(
-            f"--reward {path}: not a task name ({', '.join(_task_list())}), a module:function path, or a model "
+            f"--reward {path}: not a task name ({', '.join(task_names())}), a module:function path, or a model "
             f"directory or cached hub id ({str(err).strip().splitlines()[0]})"
         ) from err
     if isinstance(getattr(config, "segrl_segmentation", None), dict):
@@ -242,9 +244,3 @@ def _load_model_scorer(path: str, policy, policy_tokenizer, device, batch_size: 
     if device is not None:
         model = model.to(device)
     return SequenceClassifierScorer(model, tokenizer, batch_size, name=path)
-
-
-def _task_list() -> list[str]:
-    from segrl.tasks import task_names
-
-    return task_names()
