@@ -179,7 +179,7 @@ def main():
                     config = DenseRewardConfig(
                         output_dir=str(rl_out), seed=seed, **rl_settings(args, on_cpu),
                         reward_model=str(rm_out / "final"), normalizer=str(normalizer), advantage_estimator=estimator,
-                        reward_weights=[0.0], critic_learning_rate=1e-4,
+                        reward_weights=[0.0], value_learning_rate=1e-4,
                     )
                     train("dense", run, config)
                 evals = [r for r in read_metrics(rl_out) if "eval/accuracy" in r]

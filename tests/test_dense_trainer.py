@@ -126,8 +126,8 @@ def test_holistic_reward_goes_on_the_last_token(build):
 
 def test_gae_uses_the_critic_values_and_fits_the_critic(build):
     trainer = build(ScriptedSource(), advantage_estimator="gae", kl_coef=0.0, whiten_advantages=False,
-                    critic_learning_rate=1e-3)
-    critic_before = {k: v.clone() for k, v in trainer.critic.state_dict().items()}
+                    value_learning_rate=1e-3)
+    critic_before = {k: v.clone() for k, v in trainer.value_model.state_dict().items()}
     frozen = segment_rm.new_reward_model(trainer.model.config._name_or_path, "bandit", None, seed=0, bias=True)
     frozen.load_state_dict(critic_before)
     out = rollout(trainer)
@@ -139,15 +139,15 @@ def test_gae_uses_the_critic_values_and_fits_the_critic(build):
     rewards = (0.1 * torch.arange(1, mask.shape[1] + 1).float()).expand_as(mask) * mask
     expected, _ = adv.gae(rewards, values, mask, gamma=1.0, lam=0.95)
     torch.testing.assert_close(out["advantages"], expected * mask, atol=1e-4, rtol=1e-4)
-    changed = any(not torch.equal(v, trainer.critic.state_dict()[k]) for k, v in critic_before.items())
+    changed = any(not torch.equal(v, trainer.value_model.state_dict()[k]) for k, v in critic_before.items())
     assert changed
     metrics = trainer._metrics["train"]
-    assert len(metrics["critic/value_loss"]) == 1 and "critic/explained_variance" in metrics
+    assert len(metrics["value/loss"]) == 1 and "value/explained_variance" in metrics
 
 
 def test_critic_learns_the_returns(build):
     """Fitting the critic to one batch's returns again and again drives the value loss down."""
-    trainer = build(ScriptedSource(), advantage_estimator="gae", kl_coef=0.0, critic_learning_rate=3e-3,
+    trainer = build(ScriptedSource(), advantage_estimator="gae", kl_coef=0.0, value_learning_rate=3e-3,
                     value_clip=100.0)
     out = rollout(trainer)
     mask = out["completion_mask"].bool()
@@ -156,9 +156,9 @@ def test_critic_learns_the_returns(build):
     returns = adv.returns_to_go((0.1 * torch.arange(1, mask.shape[1] + 1).float()).expand_as(mask) * mask, mask)
     for _ in range(40):
         with torch.no_grad():
-            old = completion_token_scores(trainer.critic, ids, attention, mask.shape[1], shift=1)
-        trainer._fit_critic(ids, attention, mask.shape[1], old, returns, mask)
-    losses = trainer._metrics["train"]["critic/value_loss"]
+            old = completion_token_scores(trainer.value_model, ids, attention, mask.shape[1], shift=1)
+        trainer._fit_value_model(ids, attention, mask.shape[1], old, returns, mask)
+    losses = trainer._metrics["train"]["value/loss"]
     assert losses[-1] < 0.1 * losses[1]
 
 
@@ -167,9 +167,9 @@ def test_train_end_to_end_with_a_segment_reward_model(build, random_model_dir, t
     trainer = build(SegmentRewardModelSource(rm), advantage_estimator="gae")
     trainer.train()
     logged = {k for record in trainer.state.log_history for k in record}
-    assert {"dense/reward", "dense/kl", "critic/value_loss", "segments/per_completion"} <= logged
-    trainer.save_critic(tmp_path / "critic")
-    assert (tmp_path / "critic" / "model.safetensors").is_file()
+    assert {"dense/reward", "dense/kl", "value/loss", "segments/per_completion"} <= logged
+    trainer.save_value_model(tmp_path / "value_model")
+    assert (tmp_path / "value_model" / "model.safetensors").is_file()
 
 
 def test_segment_source_reads_segment_ends_and_densifies(random_model_dir):
@@ -236,7 +236,7 @@ def test_several_ppo_epochs_per_batch(build):
     trainer = build(ScriptedSource(), advantage_estimator="gae", num_iterations=2, max_steps=2,
                     steps_per_generation=1)
     trainer.train()
-    values = [r["critic/value_loss"] for r in trainer.state.log_history if "critic/value_loss" in r]
+    values = [r["value/loss"] for r in trainer.state.log_history if "value/loss" in r]
     assert len(values) == 1  # one generation batch serves both policy steps
-    first = next(iter(trainer.critic_optimizer.state.values()))
+    first = next(iter(trainer.value_optimizer.state.values()))
     assert first["step"].item() == 2  # 2 critic epochs x 1 minibatch of 4 rows

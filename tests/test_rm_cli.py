@@ -88,8 +88,8 @@ def test_train_dense_with_the_reward_model(pipeline, random_model_dir, tmp_path)
     assert config["trainer"]["reward_weights"] == [0.0]  # the task's reward is logged, not trained on
     records = [json.loads(line) for line in (tmp_path / "dense" / "metrics.jsonl").read_text().splitlines()]
     step = next(r for r in records if "loss" in r)
-    assert "dense/reward" in step and "critic/value_loss" in step and "rewards/reward/mean" in step
-    assert (tmp_path / "dense" / "critic" / "model.safetensors").is_file()
+    assert "dense/reward" in step and "value/loss" in step and "rewards/reward/mean" in step
+    assert (tmp_path / "dense" / "value_model" / "model.safetensors").is_file()
 
 
 @pytest.mark.parametrize(

@@ -145,13 +145,15 @@ def train(
     ctx: typer.Context,
     method: Annotated[str, typer.Argument(
         help="grpo (TRL's GRPO, the baseline), spo (SPO chain/tree), dense (RL on dense rewards of a segment reward "
-             "model: PPO with a critic or critic-free) or rm (train a segment reward model).")],
+             "model: PPO with a value model or critic-free), drlc (dense rewards from a critic's spans: --critic "
+             "lexicon|self|MODEL) or rm (train a segment reward model).")],
 ):
-    """Train a policy on a built-in task (grpo, spo, dense), or a segment reward model on prepared pairs (rm).
+    """Train a policy on a built-in task (grpo, spo, dense, drlc), or a segment reward model on prepared pairs (rm).
 
     Every other flag follows TRL's convention: --config run.yaml, then any field of the run (--task, --model,
     --train_examples, ...; for rm: --train_file, --eval_file, --model) or of the trainer's config (GRPOConfig,
-    SPOConfig, DenseRewardConfig, SegmentRewardConfig) as --name value. `segrl train METHOD --help` lists them.
+    SPOConfig, DenseRewardConfig, DRLCConfig, SegmentRewardConfig) as --name value. `segrl train METHOD --help`
+    lists them.
     With dense and a --reward_model, the task's own reward is only logged unless --reward_weights says otherwise.
     """
     import torch
@@ -159,11 +161,13 @@ def train(
 
     from segrl.reward_training import RewardRunArguments
     from segrl.trainers.dense import DenseRewardConfig
+    from segrl.trainers.drlc import DRLCConfig
     from segrl.trainers.segment_rm import SegmentRewardConfig
     from segrl.trainers.spo import SPOConfig
     from segrl.training import METHODS, RunArguments
 
-    configs = {"grpo": GRPOConfig, "spo": SPOConfig, "dense": DenseRewardConfig, "rm": SegmentRewardConfig}
+    configs = {"grpo": GRPOConfig, "spo": SPOConfig, "dense": DenseRewardConfig, "drlc": DRLCConfig,
+               "rm": SegmentRewardConfig}
     if method not in configs:
         raise UserError(f"Unknown method '{method}'; expected one of {', '.join(configs)}")
     run_class = RewardRunArguments if method == "rm" else RunArguments

@@ -13,7 +13,10 @@ skipped by the trainer (counted, never trained on). Sources may keep running sta
    the bandit RM; none if not given);
 4. spread each segment's reward over its tokens (:func:`segrl.shaping.densify`, default ``"even"``).
 
-The critic-span rewards of DRLC plug in here as another source.
+:class:`CriticSpanSource` is DRLC's (Cao et al. 2024, :mod:`segrl.critic`): a critic names the spans of each decoded
+completion that made it good or bad; each span's reward goes to the tokens whose characters it covers, through the
+offsets of the tokens the policy sampled (:mod:`segrl.critic.align`). A critic answer that does not parse gives the
+row zero critic reward (not NaN: the holistic reward still trains it) and is counted.
 """
 
 from __future__ import annotations
@@ -29,7 +32,7 @@ from segrl.errors import UserError
 from segrl.scoring import completion_token_scores
 from segrl.shaping import densify
 
-__all__ = ["Rollout", "SegmentRewardModelSource"]
+__all__ = ["CriticSpanSource", "Rollout", "SegmentRewardModelSource"]
 
 
 @dataclass
@@ -44,6 +47,7 @@ class Rollout:
         reference_entropy: (B, T), entropy (temperature 1) of the reference model's distribution of each
             completion token.
         eos_token_ids: the ids that end a completion.
+        holistic_rewards: (B,) the weighted sum of the trainer's reward functions (NaN where one failed).
     """
 
     prompts: list
@@ -54,6 +58,7 @@ class Rollout:
     completion_mask: torch.Tensor
     reference_entropy: torch.Tensor
     eos_token_ids: list[int]
+    holistic_rewards: torch.Tensor | None = None
 
     @property
     def eos_mask(self) -> torch.Tensor:
@@ -122,3 +127,47 @@ def load_segment_reward_source(path: str, policy_tokenizer, normalizer_path: str
         raise UserError(f"{path}: the reward model's tokenizer differs from the policy's; it must read the same tokens")
     normalizer = load_normalizer(normalizer_path) if normalizer_path else None
     return SegmentRewardModelSource(model, normalizer, interpolation, batch_size)
+
+
+class CriticSpanSource:
+    """Per-token rewards from a DRLC critic's spans (see the module docstring).
+
+    Args:
+        critic: ``critic(prompts, responses, scores) -> list[Critique]`` (:mod:`segrl.critic.critics`).
+        tokenizer: the policy's tokenizer (decodes the sampled ids and gives their character offsets).
+
+    Metrics: ``critic/unparsed`` (rows whose critic answer did not parse), ``critic/spans_not_found`` (named spans
+    that occur nowhere in their response), ``critic/spans`` (located spans per completion), ``critic/reward``
+    (mean summed critic reward per completion), ``critic/rewarded_tokens`` and ``critic/penalised_tokens`` (the
+    fraction of completion tokens whose critic reward is above / below the template's ``outside`` reward).
+    """
+
+    def __init__(self, critic, tokenizer):
+        self.critic, self.tokenizer = critic, tokenizer
+        self.metrics: dict[str, list[float]] = defaultdict(list)
+
+    @torch.no_grad()
+    def __call__(self, rollout: Rollout) -> torch.Tensor:
+        from segrl.critic.align import token_offsets, token_rewards
+
+        mask = rollout.completion_mask.bool()
+        decoded = [token_offsets(self.tokenizer, ids[keep].tolist()) for ids, keep in zip(rollout.completion_ids, mask)]
+        scores = rollout.holistic_rewards.tolist() if rollout.holistic_rewards is not None else None
+        critiques = self.critic(rollout.prompts, [text for text, _ in decoded], scores)
+        rewards = torch.zeros(mask.shape)
+        above = below = 0
+        for row, ((_, offsets), critique) in enumerate(zip(decoded, critiques)):
+            if not critique.ok:
+                continue
+            row_rewards = token_rewards(offsets, critique.spans, critique.outside)
+            rewards[row, mask[row].nonzero().squeeze(1)] = row_rewards
+            has_text = torch.tensor([end > start for start, end in offsets], dtype=torch.bool)
+            above += int(((row_rewards > critique.outside) & has_text).sum())
+            below += int(((row_rewards < critique.outside) & has_text).sum())
+        self.metrics["critic/unparsed"].append(float(sum(not c.ok for c in critiques)))
+        self.metrics["critic/spans_not_found"].append(float(sum(c.dropped for c in critiques)))
+        self.metrics["critic/spans"].append(sum(len(c.spans) for c in critiques) / max(len(critiques), 1))
+        self.metrics["critic/reward"].append(rewards.sum(dim=1).mean().item())
+        self.metrics["critic/rewarded_tokens"].append(above / max(int(mask.sum()), 1))
+        self.metrics["critic/penalised_tokens"].append(below / max(int(mask.sum()), 1))
+        return rewards.to(rollout.completion_ids.device)

@@ -1,13 +1,14 @@
 """Run an RL method on a built-in task: the library behind ``segrl train``.
 
 :func:`train` builds the pieces (model preset, the task's train and held-out splits, the task's reward), runs TRL's
-``GRPOTrainer`` (the baseline), segrl's ``SPOTrainer`` or its ``DenseRewardTrainer`` (dense rewards from a segment
-reward model, PPO with a critic or critic-free), and writes into ``output_dir``:
+``GRPOTrainer`` (the baseline), segrl's ``SPOTrainer``, its ``DenseRewardTrainer`` (dense rewards from a segment
+reward model, PPO with a value model or critic-free) or its ``DRLCTrainer`` (dense rewards from a critic's spans),
+and writes into ``output_dir``:
 
 - ``config.json``: the resolved run and trainer configuration, package versions and the git commit;
 - ``metrics.jsonl``: one JSON object per logging step (TRL's metrics, ``segments/*``, ``eval/*``), appended and
   flushed line by line so that a crash loses nothing already logged;
-- ``final/``: the trained model and tokenizer (safetensors); ``critic/``: the dense trainer's critic, if any.
+- ``final/``: the trained model and tokenizer (safetensors); ``value_model/``: the dense trainer's value model (PPO's critic), if any.
 
 Held-out accuracy is measured every ``eval_every`` steps (and at the start and the end) by sampling one completion
 per held-out prompt at the training temperature, plus greedy decoding.
@@ -27,7 +28,7 @@ from transformers import PrinterCallback, TrainerCallback
 from segrl.errors import UserError
 from segrl.files import write_text_atomic
 
-METHODS = ("grpo", "spo", "dense")
+METHODS = ("grpo", "spo", "dense", "drlc")
 
 
 @dataclass
@@ -124,8 +125,8 @@ def run_record() -> dict:
 
 
 def train(method: str, run: RunArguments, config) -> Path:
-    """Train with ``method`` ("grpo", "spo" or "dense") on ``run.task``; ``config`` is a ``GRPOConfig``,
-    ``SPOConfig`` or ``DenseRewardConfig``.
+    """Train with ``method`` ("grpo", "spo", "dense" or "drlc") on ``run.task``; ``config`` is a ``GRPOConfig``,
+    ``SPOConfig``, ``DenseRewardConfig`` or ``DRLCConfig``.
 
     Returns the output directory.
     """
@@ -133,6 +134,7 @@ def train(method: str, run: RunArguments, config) -> Path:
     from segrl.tasks import get_task
     from segrl.trainers.grpo import TokenCountingGRPOTrainer
     from segrl.trainers.dense import DenseRewardConfig, DenseRewardTrainer
+    from segrl.trainers.drlc import DRLCConfig, DRLCTrainer
     from segrl.trainers.spo import SPOConfig, SPOTrainer
 
     if method not in METHODS:
@@ -141,6 +143,8 @@ def train(method: str, run: RunArguments, config) -> Path:
         raise UserError("segrl train spo needs an SPOConfig")
     if method == "dense" and not isinstance(config, DenseRewardConfig):
         raise UserError("segrl train dense needs a DenseRewardConfig")
+    if method == "drlc" and not isinstance(config, DRLCConfig):
+        raise UserError("segrl train drlc needs a DRLCConfig")
     if run.eval_every % config.logging_steps != 0:
         raise UserError(
             f"--eval_every ({run.eval_every}) must be a multiple of --logging_steps ({config.logging_steps}): "
@@ -169,7 +173,8 @@ def train(method: str, run: RunArguments, config) -> Path:
             config.reward_model, tokenizer, config.normalizer, config.interpolation, device=model.device,
             batch_size=config.per_device_train_batch_size,
         )
-    trainer_class = {"grpo": TokenCountingGRPOTrainer, "spo": SPOTrainer, "dense": DenseRewardTrainer}[method]
+    trainer_class = {"grpo": TokenCountingGRPOTrainer, "spo": SPOTrainer, "dense": DenseRewardTrainer,
+                     "drlc": DRLCTrainer}[method]
     trainer = trainer_class(
         model=model, reward_funcs=[task.reward], args=config, train_dataset=train_set, processing_class=tokenizer,
         callbacks=[logger], **extra,
@@ -177,8 +182,8 @@ def train(method: str, run: RunArguments, config) -> Path:
     trainer.remove_callback(PrinterCallback)  # raw metric dicts on stdout: they are in metrics.jsonl already
     trainer.train()
     trainer.save_model(str(out / "final"))
-    if method == "dense":
-        trainer.save_critic(out / "critic")
+    if isinstance(trainer, DenseRewardTrainer):
+        trainer.save_value_model(out / "value_model")
     if getattr(trainer, "last_example", None) is not None:
         write_text_atomic(out / "example.json", json.dumps(trainer.last_example) + "\n")
     return out

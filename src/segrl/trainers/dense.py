@@ -6,15 +6,16 @@ Yin et al. 2025 (arXiv 2501.02790), §2.3 and §4: the policy is trained with PP
     r_t = clip(r̃_t, −10, 10) − β (log π(y_t) − log π_ref(y_t)),   β = 0.01 (``kl_coef``, the k1 estimator),
 
 where r̃_t comes from a dense reward source (:mod:`segrl.dense_rewards`: the segment reward model with its
-normaliser and interpolation; DRLC's critic spans later) plus, on the last completion token, the weighted sum of
-TRL's reward functions (``reward_weights``; a holistic reward, or 0 to only log the task's reward). Advantages:
+normaliser and interpolation; DRLC's critic spans, :mod:`segrl.trainers.drlc`) plus, on the last completion
+token, the weighted sum of TRL's reward functions (``reward_weights``; a holistic reward, or 0 to only log the task's reward). Advantages:
 
-- ``advantage_estimator="gae"`` (the paper): a critic V (a separate model, initialised from ``critic_model`` or the
-  policy's starting weights, with a fresh value head) read at the state before each token; GAE with γ = 1,
-  λ = 0.95 (:func:`segrl.advantages.gae`); the critic is fitted to the GAE returns with PPO's clipped value loss
+- ``advantage_estimator="gae"`` (the paper): PPO's critic, here called the *value model* V (a separate model,
+  initialised from ``value_model_path`` or the policy's starting weights, with a fresh value head; "critic" in
+  segrl means DRLC's span critic) read at the state before each token; GAE with γ = 1, λ = 0.95
+  (:func:`segrl.advantages.gae`); V is fitted to the GAE returns with PPO's clipped value loss
   (:func:`segrl.losses.clipped_value_loss`, clip 0.25; the paper uses 0.2 for the bandit reward) for
   ``num_iterations`` epochs over the rollout batch in minibatches of ``per_device_train_batch_size``, with its own
-  AdamW at ``critic_learning_rate`` (9e-6 in the paper) and gradient clipping ``max_grad_norm``.
+  AdamW at ``value_learning_rate`` (9e-6 in the paper) and gradient clipping ``max_grad_norm``.
 - ``advantage_estimator="group"`` (critic-free): return-to-go of the rewards minus a leave-one-out group baseline
   of the other completions' mean per-token reward, as PRIME does for implicit process rewards
   (:func:`segrl.advantages.dense_group_advantages`; needs ``num_generations`` ≥ 2).
@@ -26,19 +27,19 @@ stays off (``beta`` must be 0): the KL is inside the reward, as in the paper.
 Deviations from the paper, and why:
 - The policy loss is any TRL ``loss_type`` (default TRL's); the paper uses PPO's token-level clipped loss.
   ``loss_type="dapo"`` is that loss up to the normalisation constant.
-- The critic is updated when the batch is generated, before the policy's updates on it; PPO updates both on the
+- The value model is updated when the batch is generated, before the policy's updates on it; PPO updates both on the
   same minibatches. The two networks share nothing, so only the order of independent updates differs.
 - The reference model is a frozen copy of the policy's starting weights (or the PEFT model with its adapter
   disabled) that also gives the segmenter its entropies, so the reward model's segments cost no extra model.
-- Multi-process runs: the critic is wrapped for data parallelism by ``accelerate``; the critic-free baseline
+- Multi-process runs: the value model is wrapped for data parallelism by ``accelerate``; the critic-free baseline
   needs each prompt's ``num_generations`` completions on one process.
 
-A row whose dense or holistic reward is NaN is skipped (zero advantage, out of the loss and of the critic's
+A row whose dense or holistic reward is NaN is skipped (zero advantage, out of the loss and of the value model's
 targets) and counted in ``dense/skipped_rows``.
 
 Metrics: ``dense/reward`` (mean summed dense reward per completion), ``dense/kl`` (mean k1 per token),
-``dense/skipped_rows``, the source's ``segments/*``, and with a critic ``critic/value_loss``, ``critic/clipfrac``,
-``critic/explained_variance``.
+``dense/skipped_rows``, the source's metrics (``segments/*``, ``critic/*``), and with a value model ``value/loss``,
+``value/clipfrac``, ``value/explained_variance``.
 """
 
 from __future__ import annotations
@@ -85,10 +86,10 @@ class DenseRewardConfig(GRPOConfig):
     )
     gamma: float = field(default=1.0, metadata={"help": "Discount γ (GAE and return-to-go)."})
     lam: float = field(default=0.95, metadata={"help": "GAE λ."})
-    critic_model: str | None = field(
-        default=None, metadata={"help": "Critic's starting weights (a causal-LM directory); default: the policy's."}
+    value_model_path: str | None = field(
+        default=None, metadata={"help": "Value model's starting weights (a causal-LM directory); default: the policy's."}
     )
-    critic_learning_rate: float = field(default=9e-6, metadata={"help": "Critic's AdamW learning rate."})
+    value_learning_rate: float = field(default=9e-6, metadata={"help": "Value model's AdamW learning rate."})
     value_clip: float = field(default=0.25, metadata={"help": "PPO value clipping (0.2 in the paper's bandit runs)."})
     whiten_advantages: bool = field(default=True, metadata={"help": "Whiten advantages over the batch's tokens."})
 
@@ -100,7 +101,7 @@ class DenseRewardConfig(GRPOConfig):
             raise UserError(f"DenseRewardConfig.interpolation must be one of {INTERPOLATIONS}, got {self.interpolation!r}")
         if self.beta != 0:
             raise UserError("DenseRewardConfig: the KL penalty is in the reward (kl_coef); leave TRL's beta at 0")
-        for name in ("reward_clip", "value_clip", "critic_learning_rate"):
+        for name in ("reward_clip", "value_clip", "value_learning_rate"):
             if not getattr(self, name) > 0:
                 raise UserError(f"DenseRewardConfig.{name} must be > 0, got {getattr(self, name)}")
         if not 0 <= self.lam <= 1 or not 0 <= self.gamma <= 1:
@@ -113,11 +114,12 @@ class DenseRewardTrainer(TokenCountingGRPOTrainer):
 
     Args (besides ``GRPOTrainer``'s):
         dense_rewards: a dense reward source (:mod:`segrl.dense_rewards`), or None for holistic rewards only.
-        critic: the value model for ``advantage_estimator="gae"`` (default: built from ``critic_model`` or the
+        value_model: V for ``advantage_estimator="gae"`` (default: built from ``value_model_path`` or the
             policy's starting weights by :func:`segrl.segment_rm.new_reward_model`).
     """
 
-    def __init__(self, model, reward_funcs, args: DenseRewardConfig, *rest, dense_rewards=None, critic=None, **kwargs):
+    def __init__(self, model, reward_funcs, args: DenseRewardConfig, *rest, dense_rewards=None, value_model=None,
+                 **kwargs):
         # The reference is copied before TRL prepares the policy: accelerate then sets a wrapped ``forward`` on the
         # instance, and a later deep copy would keep calling the trained policy's forward (a KL of 0 forever).
         reference = None
@@ -129,17 +131,17 @@ class DenseRewardTrainer(TokenCountingGRPOTrainer):
         self.reference = reference.to(self.accelerator.device) if reference is not None else None
         self.dense_rewards = dense_rewards
         policy = self.accelerator.unwrap_model(self.model)
-        self.critic = self.critic_optimizer = None
+        self.value_model = self.value_optimizer = None
         if self.args.advantage_estimator == "gae":
-            if critic is None:
+            if value_model is None:
                 from segrl.segment_rm import new_reward_model
 
-                source = self.args.critic_model or policy.config._name_or_path
-                critic = new_reward_model(source, "bandit", None, seed=self.args.seed, bias=True)
+                source = self.args.value_model_path or policy.config._name_or_path
+                value_model = new_reward_model(source, "bandit", None, seed=self.args.seed, bias=True)
             if self.args.disable_dropout:
-                disable_dropout_in_model(critic)
-            self.critic = self.accelerator.prepare_model(critic.to(self.accelerator.device).train())
-            self.critic_optimizer = torch.optim.AdamW(self.critic.parameters(), lr=self.args.critic_learning_rate)
+                disable_dropout_in_model(value_model)
+            self.value_model = self.accelerator.prepare_model(value_model.to(self.accelerator.device).train())
+            self.value_optimizer = torch.optim.AdamW(self.value_model.parameters(), lr=self.args.value_learning_rate)
 
     @torch.no_grad()
     def _reference_entropies_and_logps(self, input_ids, attention_mask, num_completion_tokens):
@@ -174,6 +176,7 @@ class DenseRewardTrainer(TokenCountingGRPOTrainer):
         entropy, ref_logps = self._reference_entropies_and_logps(input_ids, attention_mask, num_tokens)
         logps = self._sampling_logps(output)
         token_rewards = torch.zeros_like(logps)
+        holistic = self._holistic_rewards(len(inputs))
         if self.dense_rewards is not None:
             rollout = Rollout(
                 prompts=[x["prompt"] for x in inputs],
@@ -182,12 +185,12 @@ class DenseRewardTrainer(TokenCountingGRPOTrainer):
                 ),
                 prompt_ids=prompt_ids, prompt_mask=prompt_mask, completion_ids=completion_ids,
                 completion_mask=completion_mask, reference_entropy=entropy, eos_token_ids=list(self.eos_token_ids),
+                holistic_rewards=holistic,
             )
             token_rewards = self.dense_rewards(rollout).to(logps.device).masked_fill(~mask, 0.0)
             for name, values in getattr(self.dense_rewards, "metrics", {}).items():
                 metrics[name].extend(values)
                 values.clear()
-        holistic = self._holistic_rewards(len(inputs))
         last = (mask.long().cumsum(dim=1) == mask.sum(dim=1, keepdim=True)) & mask
         token_rewards = token_rewards + last * holistic.nan_to_num(0.0)[:, None]
 
@@ -197,7 +200,7 @@ class DenseRewardTrainer(TokenCountingGRPOTrainer):
         rewards = kl_shaped_rewards(token_rewards, logps, ref_logps, loss_mask, beta=args.kl_coef, clip=args.reward_clip)
 
         if args.advantage_estimator == "gae":
-            advantages = self._gae_and_critic_update(input_ids, attention_mask, num_tokens, rewards, loss_mask, mode)
+            advantages = self._gae_and_value_update(input_ids, attention_mask, num_tokens, rewards, loss_mask, mode)
         else:
             advantages = adv.dense_group_advantages(rewards, loss_mask, self.num_generations, gamma=args.gamma)
             advantages = advantages.masked_fill(~loss_mask, 0.0)
@@ -210,40 +213,40 @@ class DenseRewardTrainer(TokenCountingGRPOTrainer):
             metrics["dense/kl"].append(((logps - ref_logps) * loss_mask).sum().item() / loss_mask.sum().item())
         return output
 
-    def _gae_and_critic_update(self, input_ids, attention_mask, num_tokens, rewards, mask, mode) -> torch.Tensor:
-        """GAE advantages from the critic's values at rollout time, then the critic's fit to the returns."""
+    def _gae_and_value_update(self, input_ids, attention_mask, num_tokens, rewards, mask, mode) -> torch.Tensor:
+        """GAE advantages from the value model's values at rollout time, then its fit to the returns."""
         args, batch_size = self.args, self.args.per_device_train_batch_size
         with torch.no_grad():
-            old_values = completion_token_scores(self.critic, input_ids, attention_mask, num_tokens, shift=1,
+            old_values = completion_token_scores(self.value_model, input_ids, attention_mask, num_tokens, shift=1,
                                                  batch_size=batch_size)
         advantages, returns = adv.gae(rewards, old_values, mask, gamma=args.gamma, lam=args.lam)
         if mode == "train":
-            self._fit_critic(input_ids, attention_mask, num_tokens, old_values, returns, mask)
+            self._fit_value_model(input_ids, attention_mask, num_tokens, old_values, returns, mask)
         residual = (returns - old_values)[mask]
         target = returns[mask]
         if target.numel() > 1:
-            self._metrics[mode]["critic/explained_variance"].append(
+            self._metrics[mode]["value/explained_variance"].append(
                 (1 - residual.var() / target.var().clamp(min=1e-8)).item()
             )
         return advantages
 
-    def _fit_critic(self, input_ids, attention_mask, num_tokens, old_values, returns, mask) -> None:
+    def _fit_value_model(self, input_ids, attention_mask, num_tokens, old_values, returns, mask) -> None:
         args, metrics = self.args, self._metrics["train"]
-        self.critic.train()
+        self.value_model.train()
         for _ in range(args.num_iterations):
             for rows in torch.randperm(input_ids.shape[0]).split(args.per_device_train_batch_size):
-                values = completion_token_scores(self.critic, input_ids[rows], attention_mask[rows], num_tokens, shift=1)
+                values = completion_token_scores(self.value_model, input_ids[rows], attention_mask[rows], num_tokens, shift=1)
                 loss, clip_fraction = clipped_value_loss(values, old_values[rows], returns[rows], mask[rows],
                                                          args.value_clip)
-                self.critic_optimizer.zero_grad(set_to_none=True)
+                self.value_optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 if args.max_grad_norm:
-                    torch.nn.utils.clip_grad_norm_(self.critic.parameters(), args.max_grad_norm)
-                self.critic_optimizer.step()
-                metrics["critic/value_loss"].append(loss.item())
-                metrics["critic/clipfrac"].append(clip_fraction.item())
+                    torch.nn.utils.clip_grad_norm_(self.value_model.parameters(), args.max_grad_norm)
+                self.value_optimizer.step()
+                metrics["value/loss"].append(loss.item())
+                metrics["value/clipfrac"].append(clip_fraction.item())
 
-    def save_critic(self, path) -> None:
-        """Save the critic (safetensors) next to the policy, e.g. to resume or inspect its values."""
-        if self.critic is not None:
-            self.accelerator.unwrap_model(self.critic).save_pretrained(path, safe_serialization=True)
+    def save_value_model(self, path) -> None:
+        """Save the value model (safetensors) next to the policy, e.g. to resume or inspect its values."""
+        if self.value_model is not None:
+            self.accelerator.unwrap_model(self.value_model).save_pretrained(path, safe_serialization=True)
