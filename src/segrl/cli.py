@@ -137,6 +137,22 @@ def _has_flag(args: list[str], name: str) -> bool:
     return name in args or any(a.startswith(name + "=") for a in args)
 
 
+def _parse_trl(args: list[str], run_class, config_class, prog: str, output_dir: str):
+    """Parse TRL-style flags (``--config run.yaml``, ``--name value``) into (run arguments, trainer config); on a
+    CPU-only machine default to ``--use_cpu true --bf16 false``; default ``--output_dir``."""
+    import torch
+    from trl import TrlParser
+
+    if not torch.cuda.is_available():  # TRL's configs default to bf16, which a CPU-only run refuses or emulates slowly
+        args = ["--use_cpu", "true", "--bf16", "false", *args]
+    if not _has_flag(args, "--output_dir"):
+        args = [*args, "--output_dir", output_dir]
+    try:
+        return TrlParser((run_class, config_class), prog=prog).parse_args_and_config(args=args)
+    except SystemExit as exit_:  # argparse already printed its usage or error message
+        raise typer.Exit(0 if exit_.code in (0, None) else 2) from None
+
+
 @app.command(
     context_settings={"allow_extra_args": True, "ignore_unknown_options": True, "help_option_names": []},
 )
@@ -156,8 +172,7 @@ def train(
     lists them.
     With dense and a --reward_model, the task's own reward is only logged unless --reward_weights says otherwise.
     """
-    import torch
-    from trl import GRPOConfig, TrlParser
+    from trl import GRPOConfig
 
     from segrl.reward_training import RewardRunArguments
     from segrl.trainers.dense import DenseRewardConfig
@@ -171,18 +186,10 @@ def train(
     if method not in configs:
         raise UserError(f"Unknown method '{method}'; expected one of {', '.join(configs)}")
     run_class = RewardRunArguments if method == "rm" else RunArguments
-    parser = TrlParser((run_class, configs[method]), prog=f"segrl train {method}")
     args = list(ctx.args)
-    if not torch.cuda.is_available():  # TRL's configs default to bf16, which a CPU-only run refuses or emulates slowly
-        args = ["--use_cpu", "true", "--bf16", "false", *args]
-    if not _has_flag(args, "--output_dir"):
-        args += ["--output_dir", f"runs/{method}"]
     if method == "dense" and _has_flag(args, "--reward_model") and not _has_flag(args, "--reward_weights"):
         args += ["--reward_weights", "0"]  # the segment RM is the reward; the task's reward is logged for reference
-    try:
-        run, config = parser.parse_args_and_config(args=args)
-    except SystemExit as exit_:  # argparse already printed its usage or error message
-        raise typer.Exit(0 if exit_.code in (0, None) else 2) from None
+    run, config = _parse_trl(args, run_class, configs[method], f"segrl train {method}", f"runs/{method}")
     if method == "rm":
         from segrl.reward_training import train_reward_model
 
@@ -363,3 +370,95 @@ def decode(
         f"{method}: {summary['prompts']} prompts ({summary['skipped']} skipped), mean reward "
         f"{'n/a' if mean is None else f'{mean:.3f}'}, {summary['policy_tokens']} policy tokens, "
         f"{summary['rm_calls']} RM calls, {summary['wall_time']:.1f} s -> [bold]{output}[/]", highlight=False)
+
+
+remedy_app = typer.Typer(help="ReMedy: an MT metric trained as a pairwise reward model; train, score, meta-evaluate.",
+                         no_args_is_help=True)
+app.add_typer(remedy_app, name="remedy")
+
+
+@remedy_app.command(
+    "train", context_settings={"allow_extra_args": True, "ignore_unknown_options": True, "help_option_names": []},
+)
+@user_errors
+def remedy_train(ctx: typer.Context):
+    """Train a ReMedy model on rated translations (default: the toymt task's 2023 ratings, tiny-toymt backbone).
+
+    Flags follow TRL's convention: any field of the run (--train_file, --year, --model, --test_fraction, --min_gap,
+    --no_ref, --per_lp_calibration) or of TRL's RewardConfig (--learning_rate, --num_train_epochs,
+    --center_rewards_coefficient, ...) as --name value. `segrl remedy train --help` lists them.
+    """
+    from trl import RewardConfig
+
+    from segrl.remedy.training import RemedyRunArguments, train_remedy
+
+    run, config = _parse_trl(list(ctx.args), RemedyRunArguments, RewardConfig, "segrl remedy train", "runs/remedy")
+    out = train_remedy(run, config)
+    console.print(f"ReMedy model written to [bold]{out / 'final'}[/] (config.json, metrics.jsonl beside it)",
+                  highlight=False)
+
+
+@remedy_app.command("score")
+@user_errors
+def remedy_score(
+    model: Annotated[str, typer.Option("--model", "-m", help="A ReMedy model directory (`segrl remedy train`'s final/).")],
+    src: Annotated[Path, typer.Option(help="Source sentences, one per line.")],
+    mt: Annotated[Path, typer.Option(help="Translations to score, one per line (as many as --src).")],
+    lp: Annotated[str, typer.Option(help="Language pair, e.g. en-de.")],
+    ref: Annotated[Optional[Path], typer.Option(help="References, one per line (reference-based models).")] = None,
+    no_ref: Annotated[bool, typer.Option("--no-ref", help="Score without references (reference-free models).")] = False,
+    output_dir: Annotated[Path, typer.Option("--output-dir", "-o", help="Where scores.tsv and result.json go.")] = Path("runs/remedy-scores"),
+    batch_size: Annotated[int, typer.Option(help="Translations per forward pass.")] = 32,
+):
+    """Score translations: raw, sigmoid and calibrated scores per line (scores.tsv), the system score and a signature
+    (result.json)."""
+    from rich.progress import Progress
+
+    from segrl.remedy.scoring import score_files
+
+    if (ref is None) == (not no_ref):
+        raise UserError("give either --ref FILE or --no-ref")
+    with Progress(console=status_console, transient=True) as bar:
+        job = bar.add_task("scoring", total=None)
+        result = score_files(model, src, mt, lp, output_dir, ref=ref, batch_size=batch_size,
+                             progress=lambda done: bar.update(job, completed=done))
+    system = result["system_score"]
+    console.print(f"{result['signature']}\nsystem score: raw {system['raw']:.4f}, sigmoid {system['sigmoid']:.4f}, "
+                  f"calibrated {system['calibrated']:.4f} ({result['lines']} lines) -> [bold]{output_dir}[/]",
+                  highlight=False)
+
+
+@remedy_app.command("meta-eval")
+@user_errors
+def remedy_meta_eval(
+    metric: Annotated[str, typer.Option("--metric", help="A ReMedy model directory, or a baseline: chrf, bleu.")],
+    ratings: Annotated[Optional[Path], typer.Option(help="Human-rated translations (.jsonl/.tsv, as for train); "
+                                                         "default: the toymt task's ratings of --year.")] = None,
+    year: Annotated[str, typer.Option(help="toymt year to evaluate on (train on the other one).")] = "2024",
+    num_sources: Annotated[int, typer.Option(help="toymt sources per language pair.")] = 200,
+    output: Annotated[Optional[Path], typer.Option("--output", "-o", help="Write the results as JSON here.")] = None,
+    permutations: Annotated[int, typer.Option(help="Permutations for soft pairwise accuracy.")] = 1000,
+    batch_size: Annotated[int, typer.Option(help="Translations per forward pass (model metrics).")] = 32,
+    seed: Annotated[int, typer.Option(help="Seeds the toymt ratings and the permutations.")] = 0,
+):
+    """Meta-evaluate a metric against human ratings, WMT style: segment-level acc-eq (tie-calibrated), Kendall tau_b
+    and tau_c grouped by source item; system-level pairwise accuracy and soft pairwise accuracy."""
+    import json
+
+    from segrl.files import write_text_atomic
+    from segrl.remedy.data import read_ratings
+    from segrl.remedy.meta_eval import COLUMNS, meta_evaluate, metric_scores
+    from segrl.remedy.training import RemedyRunArguments, load_ratings
+
+    rated = read_ratings(ratings) if ratings else load_ratings(
+        RemedyRunArguments(year=year, num_sources=num_sources), seed=seed)
+    with status_console.status(f"Scoring {len(rated)} translations with {metric} ..."):
+        scores = metric_scores(rated, metric, batch_size=batch_size)
+    results = meta_evaluate(rated, scores, num_permutations=permutations, seed=seed)
+    console.print("| language pair | " + " | ".join(COLUMNS) + " |\n|" + "---|" * (len(COLUMNS) + 1), highlight=False)
+    for lp, values in results.items():
+        console.print(f"| {lp} | " + " | ".join(f"{values[c]:.4f}" if c in values else "" for c in COLUMNS) + " |",
+                      highlight=False)
+    if output is not None:
+        write_text_atomic(output, json.dumps({"metric": metric, "ratings": str(ratings or f"toymt {year}"),
+                                              "results": results}, indent=2) + "\n")

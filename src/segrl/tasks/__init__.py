@@ -24,7 +24,8 @@ lazily, that follows this contract:
 Built-in tasks: ``arith`` (multi-step arithmetic word problems), ``facts`` (K one-line arithmetic facts per
 prompt, each true or false; a per-line oracle reward and Bradley-Terry preference pairs), ``sentiment`` (review
 openings to continue; VADER's compound score of the continuation as the reward, and VADER word scores for a lexicon
-critic). Planned: ``grounding``, ``toymt``.
+critic), ``toymt`` (translate simple English sentences into two toy languages; word-level F1 against the reference as
+the reward, and simulated MQM ratings of MT systems of known quality for the ReMedy metric). Planned: ``grounding``.
 """
 
 from __future__ import annotations
@@ -40,6 +41,7 @@ TASKS: dict[str, str] = {
     "arith": "segrl.tasks.arith",
     "facts": "segrl.tasks.facts",
     "sentiment": "segrl.tasks.sentiment",
+    "toymt": "segrl.tasks.toymt",
 }
 
 

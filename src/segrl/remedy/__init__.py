@@ -1,0 +1,1 @@
+"""ReMedy (Tan & Monz 2025): MT evaluation as reward modelling."""

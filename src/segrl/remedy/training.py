@@ -1,0 +1,132 @@
+"""Train a ReMedy model: the library behind ``segrl remedy train``.
+
+Tan & Monz 2025 (arXiv 2504.13630): a decoder LM with a one-scalar head (``AutoModelForSequenceClassification``,
+``num_labels=1``, read at the last token) is trained on preference pairs of translations of the same source
+(:mod:`segrl.remedy.data`) with TRL's ``RewardTrainer``: the Bradley-Terry loss −log σ(r(x, y⁺) − r(x, y⁻)) plus
+the reward regulariser λ·(r⁺ + r⁻)², TRL's ``center_rewards_coefficient`` (set to 0.01 here when not given: the
+paper's λ is not in the spec; TRL's documentation suggests 0.01). Inputs are the translation requests of
+:mod:`segrl.remedy.inputs`, reference-based, or reference-free with ``--no_ref``.
+
+:func:`train_remedy`:
+
+1. reads rated translations (``--train_file``: JSONL/TSV, see :func:`segrl.remedy.data.read_ratings`; or the
+   ``toymt`` task's ratings of ``--year``), holds out ``--test_fraction`` of the *sources* (never a source in both);
+2. builds pairs (ties dropped, ``--min_gap``), tokenizes them once, and trains;
+3. scores the held-out ratings (or, with no held-out source, the training ones) and fits the calibration
+   temperature on them (:mod:`segrl.remedy.calibration`; per language pair with ``--per_lp_calibration``);
+4. writes ``final/`` (model and tokenizer, safetensors; ``remedy.json``; ``calibration.json``),
+   ``config.json`` and ``metrics.jsonl`` (TRL's ``accuracy``, ``margin``, ... per logging step) into
+   ``output_dir``.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from segrl.errors import UserError
+from segrl.files import write_text_atomic
+
+__all__ = ["RemedyRunArguments", "load_ratings", "train_remedy"]
+
+
+@dataclass
+class RemedyRunArguments:
+    """What to train on; the trainer's own fields live in TRL's ``RewardConfig``."""
+
+    train_file: str | None = field(
+        default=None, metadata={"help": "Rated translations (.jsonl or .tsv: lp, src, mt, system, score[, ref, item]); "
+                                        "default: the toymt task's ratings of --year."})
+    year: str = field(default="2023", metadata={"help": "toymt year to train on when no --train_file is given."})
+    num_sources: int = field(default=400, metadata={"help": "toymt sources per language pair."})
+    model: str = field(default="tiny-toymt", metadata={"help": "Backbone: a preset, a local directory or a hub id."})
+    test_fraction: float = field(default=0.1, metadata={"help": "Share of sources held out (calibration, eval)."})
+    min_gap: float = field(default=0.0, metadata={"help": "Drop pairs whose human scores differ by less than this."})
+    no_ref: bool = field(default=False, metadata={"help": "Reference-free (quality estimation): no reference shown."})
+    per_lp_calibration: bool = field(default=False, metadata={"help": "One calibration temperature per language pair."})
+    cache_dir: str | None = field(default=None, metadata={"help": "Preset cache [default: $SEGRL_CACHE]."})
+
+
+def load_ratings(run: RemedyRunArguments, seed: int = 0):
+    """The rated translations of ``run``: its file, or the toymt task's ratings of ``run.year``."""
+    from segrl.remedy.data import ratings_from_rows, read_ratings
+
+    if run.train_file:
+        return read_ratings(run.train_file)
+    from segrl.tasks import toymt
+
+    if run.year not in toymt.YEARS:
+        raise UserError(f"--year must be one of {', '.join(toymt.YEARS)}, got {run.year!r}")
+    return ratings_from_rows(toymt.make_ratings(run.year, num_sources=run.num_sources, seed=seed),
+                             f"toymt {run.year}")
+
+
+def _pair_dataset(pairs: list[dict], tokenizer, reference_free: bool):
+    from datasets import Dataset
+
+    from segrl.remedy.inputs import encode
+
+    def ids(pair, side):
+        return encode(tokenizer, pair["src"], pair[side], pair["lp"], None if reference_free else pair["ref"])
+
+    return Dataset.from_list([{"chosen_ids": ids(p, "chosen"), "rejected_ids": ids(p, "rejected")} for p in pairs])
+
+
+def train_remedy(run: RemedyRunArguments, config) -> Path:
+    """Train a ReMedy model (``config``: TRL's ``RewardConfig``); return the output directory (module docstring)."""
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer, PrinterCallback
+    from trl import RewardTrainer
+
+    from segrl.models import resolve_model_path
+    from segrl.remedy.calibration import fit_calibration
+    from segrl.remedy.data import make_pairs, split_by_source
+    from segrl.remedy.scoring import CALIBRATION, MODEL_INFO, score
+    from segrl.reward_training import JsonlLogger
+    from segrl.training import run_record
+
+    ratings = load_ratings(run, seed=config.seed)
+    if not run.no_ref and any(r.ref is None for r in ratings):
+        raise UserError("some ratings have no reference (field 'ref'): train reference-free with --no_ref, or add them")
+    train_ratings, held_out = split_by_source(ratings, run.test_fraction, seed=config.seed)
+    pairs, counts = make_pairs(train_ratings, run.min_gap)
+    path = resolve_model_path(run.model, cache_dir=run.cache_dir, seed=config.seed)
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    model = AutoModelForSequenceClassification.from_pretrained(path, num_labels=1, use_safetensors=True)
+    model.config.pad_token_id = tokenizer.pad_token_id
+    if config.center_rewards_coefficient is None:
+        config.center_rewards_coefficient = 0.01
+    eval_set = None
+    if held_out:
+        try:
+            eval_set = _pair_dataset(make_pairs(held_out, run.min_gap)[0], tokenizer, run.no_ref)
+        except UserError:  # held-out sources without a scored difference: nothing to evaluate pairwise
+            eval_set = None
+
+    out = Path(config.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    resolved = {"method": "remedy", "run": asdict(run), "trainer": config.to_dict(), "pairs": counts,
+                "ratings": {"train": len(train_ratings), "held_out": len(held_out)}, **run_record()}
+    write_text_atomic(out / "config.json", json.dumps(resolved, indent=2, default=str) + "\n")
+    print(f"{len(ratings)} ratings -> {counts['pairs']} training pairs ({counts['ties']} ties dropped, "
+          f"{counts['below_min_gap']} below min_gap); {len(held_out)} held-out ratings", flush=True)
+    trainer = RewardTrainer(model=model, args=config, train_dataset=_pair_dataset(pairs, tokenizer, run.no_ref),
+                            eval_dataset=eval_set, processing_class=tokenizer,
+                            callbacks=[JsonlLogger(out / "metrics.jsonl")])
+    trainer.remove_callback(PrinterCallback)
+    trainer.train()
+
+    final = out / "final"
+    trainer.save_model(str(final))  # with the tokenizer (the trainer's processing class)
+    model = trainer.model.eval()
+    fit_on = held_out or train_ratings
+    raw = score(model, tokenizer, [r.src for r in fit_on], [r.mt for r in fit_on], [r.lp for r in fit_on],
+                None if run.no_ref else [r.ref for r in fit_on], batch_size=config.per_device_eval_batch_size)
+    calibration = fit_calibration(raw, [r.lp for r in fit_on], per_lp=run.per_lp_calibration)
+    calibration.save(final / CALIBRATION)
+    info = {"reference_free": run.no_ref, "language_pairs": sorted({r.lp for r in ratings}),
+            "backbone": run.model, "calibrated_on": "held-out" if held_out else "train"}
+    write_text_atomic(final / MODEL_INFO, json.dumps(info, indent=2) + "\n")
+    return out
