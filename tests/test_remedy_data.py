@@ -155,3 +155,14 @@ def test_encode_plain_and_chat(random_model_dir, smollm2_cache):
     text = chat.decode(encode(chat, "the cat", "die Katze", "en-de", "die Katze"))
     assert "<|im_start|>user\nTranslate the following English text into fluent German.\n\nEnglish: the cat" in text
     assert text.endswith("<|im_start|>assistant\ndie Katze<|im_end|>\n")
+
+
+def test_plain_input_is_the_toymt_corpus_layout(random_model_dir):
+    """The tiny-toymt tokenizer is trained on toymt's rendering of the request: encode must produce exactly it."""
+    from segrl.tasks import toymt
+
+    tokenizer = AutoTokenizer.from_pretrained(random_model_dir)
+    for row in toymt.make_ratings("2023", num_sources=2)[:4]:
+        for ref in (row["ref"], None):
+            ids = encode(tokenizer, row["src"], row["mt"], row["lp"], ref)
+            assert tokenizer.decode(ids[:-1]) == toymt.remedy_text(row["src"], row["mt"], row["lp"], ref)

@@ -70,6 +70,7 @@ those left); then, for each noun phrase still present (the object phrase is gone
 and ``plural`` independently; then ``punctuation``. So a hypothesis holds up to 5 minor errors (2 + 2 + 1), and the
 expected count of each kind is exact (:func:`expected_errors`); :func:`expected_penalty` is minus the expected true
 MQM score. The true MQM score of a hypothesis (``mqm``) is the sum of its errors' weights (0 when perfect).
+:func:`hypothesis` draws one hypothesis for a profile; :func:`apply_errors` applies chosen errors (worked examples).
 
 Systems, best first (expected penalty per hypothesis; the share of it from minor / major / critical errors):
 
@@ -782,6 +783,8 @@ def year_sources(year: str, num_sources: int, seed: int = 0) -> list[Sentence]:
     """The first ``num_sources`` source sentences of ``year`` (distinct, all in the year's buckets; the same for
     both language pairs). A smaller ``num_sources`` gives a prefix."""
     _check_year(year)
+    _check_int("num_sources", num_sources, 0)
+    _check_int("seed", seed, None)
     rng = random.Random(f"toymt/sources/{seed}/{year}")
     out: list[Sentence] = []
     seen: set[str] = set()
@@ -933,13 +936,12 @@ def words(text: str) -> list[str]:
     return _TOKEN.findall(text.lower())
 
 
-def word_f1(hypothesis: Any, reference: str) -> float:
-    """Bag-of-words F1 of ``hypothesis`` against ``reference`` (tokens of :func:`words`, counted with
-    multiplicity): 2 * matches / (hypothesis tokens + reference tokens); 0.0 for an empty or non-string
-    hypothesis."""
-    if not isinstance(hypothesis, str) or not isinstance(reference, str):
+def word_f1(text: Any, reference: Any) -> float:
+    """Bag-of-words F1 of ``text`` against ``reference`` (tokens of :func:`words`, counted with multiplicity):
+    2 * matches / (text tokens + reference tokens); 0.0 for an empty or non-string text (or reference)."""
+    if not isinstance(text, str) or not isinstance(reference, str):
         return 0.0
-    h, r = words(hypothesis), words(reference)
+    h, r = words(text), words(reference)
     if not h or not r:
         return 0.0
     matches = sum((Counter(h) & Counter(r)).values())
@@ -962,19 +964,30 @@ def reward(prompts: list[Any], completions: list[Any], reference: list[Any] | No
 __all__ = [
     "ADJECTIVES",
     "DEFAULT_DIFFICULTY",
+    "ENGLISH_VOCABULARY",
     "ERROR_KINDS",
+    "FUNCTION_WORDS",
     "LANGUAGES",
     "LANGUAGE_NAMES",
+    "LEMMAS_BY_POS",
     "LEXICONS",
     "LPS",
+    "MAX_ADJECTIVES",
     "NOUNS",
+    "NUM_ANIMATE",
+    "NUM_BUCKETS",
     "NounPhrase",
+    "PLURAL_DETERMINERS",
     "PLURAL_SUFFIX",
     "SEVERITY_WEIGHTS",
+    "SINGULAR_DETERMINERS",
+    "SPLITS",
     "SYSTEMS",
     "Sentence",
+    "TEST_BUCKETS",
     "VERBS",
     "YEARS",
+    "YEAR_BUCKETS",
     "apply_errors",
     "bucket_of",
     "corpus",
@@ -992,6 +1005,7 @@ __all__ = [
     "reward",
     "split_of",
     "systems",
+    "target_name",
     "translate",
     "word_f1",
     "words",
