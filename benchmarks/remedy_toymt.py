@@ -54,7 +54,8 @@ def train_regression(model_name: str, ratings, out: Path, seed: int, epochs: flo
             for r in ratings]
     args = TrainingArguments(output_dir=str(out / "tmp"), num_train_epochs=epochs, learning_rate=lr,
                              per_device_train_batch_size=batch_size, seed=seed, logging_steps=50,
-                             save_strategy="no", report_to="none", use_cpu=on_cpu, bf16=not on_cpu)
+                             save_strategy="no", report_to="none", use_cpu=on_cpu, bf16=not on_cpu,
+                             gradient_checkpointing=False)
     trainer = Trainer(model=model, args=args, train_dataset=Dataset.from_list(rows),
                       data_collator=DataCollatorWithPadding(tokenizer))
     trainer.train()
@@ -85,13 +86,15 @@ def main():
     parser.add_argument("--seeds", type=int, nargs="+", default=[0])
     parser.add_argument("--train-sources", type=int, default=400, help="2023 sources per language pair.")
     parser.add_argument("--test-sources", type=int, default=200, help="2024 sources per language pair.")
-    parser.add_argument("--epochs", type=float, default=2.0)
+    parser.add_argument("--epochs", type=float, default=1.0)
+    parser.add_argument("--threads", type=int, default=1, help="torch threads (1: robust when sharing the CPU).")
     parser.add_argument("--learning-rate", type=float, default=3e-4)
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--output-dir", default="runs/remedy_toymt")
     args = parser.parse_args()
     from trl import RewardConfig
 
+    torch.set_num_threads(args.threads)
     root = Path(args.output_dir)
     on_cpu = not torch.cuda.is_available()
     test_rows = toymt.make_ratings("2024", num_sources=args.test_sources, seed=0)
@@ -107,7 +110,7 @@ def main():
                 config = RewardConfig(output_dir=str(out), seed=seed, num_train_epochs=args.epochs,
                                       learning_rate=args.learning_rate, per_device_train_batch_size=args.batch_size,
                                       logging_steps=50, save_strategy="no", report_to="none", use_cpu=on_cpu,
-                                      bf16=not on_cpu)
+                                      bf16=not on_cpu, gradient_checkpointing=False)
                 train_remedy(run, config)
                 (out / "seconds.txt").write_text(f"{time.perf_counter() - start:.1f}\n")
             metrics[name] = str(out / "final")

@@ -15,13 +15,14 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 import segrl.models
-from segrl.critic.align import CharSpan, locate_spans, token_offsets, token_rewards
+from segrl.critic.align import CharSpan, locate_spans, token_rewards
 from segrl.critic.answers import ParsedSpan, parse_answer
 from segrl.critic.critics import ChatCritic, Critique, LexiconCritic
 from segrl.critic.templates import TEMPLATES, CriticTemplate, load_template, quote
 from segrl.dense_rewards import CriticSpanSource, Rollout
 from segrl.errors import UserError
 from segrl.tasks.sentiment import analyzer
+from segrl.segmentation import decode_with_offsets
 
 H = ["Positive spans:", "Negative spans:"]
 P, N = H
@@ -327,20 +328,20 @@ def test_token_rewards_outside_and_zero_width_tokens():
 
 def test_empty_response(tiny):
     _, tok = tiny
-    assert token_offsets(tok, []) == ("", [])
+    assert decode_with_offsets(tok, []) == ("", [])
     got = token_rewards([], [], 0.5)
     assert got.shape == (0,) and got.dtype == torch.float32
-    text, offsets = token_offsets(tok, [tok.eos_token_id])
+    text, offsets = decode_with_offsets(tok, [tok.eos_token_id])
     assert (text, offsets) == ("", [(0, 0)])
     assert token_rewards(offsets, [], 0.5).tolist() == [0.0]  # EOS owns no characters: 0, not outside
 
 
-def test_token_offsets_tiny_tokenizer_split_characters(tiny):
+def test_decode_with_offsets_tiny_tokenizer_split_characters(tiny):
     """The tiny BPE spells "é" as two byte tokens and "😀" as four: the token that completes a character owns it."""
     _, tok = tiny
     ids = tok("café 😀")["input_ids"]
     assert tok.convert_ids_to_tokens(ids) == ["c", "a", "f", "Ã", "©", "Ġ", "ð", "Ł", "ĺ", "Ģ"]
-    text, offsets = token_offsets(tok, ids + [tok.eos_token_id])
+    text, offsets = decode_with_offsets(tok, ids + [tok.eos_token_id])
     assert text == "café 😀"
     assert offsets == [(0, 1), (1, 2), (2, 3), (3, 3), (3, 4), (4, 5), (5, 5), (5, 5), (5, 5), (5, 6), (6, 6)]
     spans, _ = locate_spans(text, [("café", P, 0.5), ("😀", N, -0.5)])
@@ -356,7 +357,7 @@ def test_released_code_extra_the_is_not_marked(smol_tok):
     code's test (a decoded token's string is a substring of the span text) would also mark the first " the"."""
     ids = smol_tok(text=" the battery is the best", add_special_tokens=False)["input_ids"]
     assert smol_tok.convert_ids_to_tokens(ids) == ["Ġthe", "Ġbattery", "Ġis", "Ġthe", "Ġbest"]
-    text, offsets = token_offsets(smol_tok, ids + [smol_tok.eos_token_id])
+    text, offsets = decode_with_offsets(smol_tok, ids + [smol_tok.eos_token_id])
     assert offsets == [(0, 4), (4, 12), (12, 15), (15, 19), (19, 24), (24, 24)]
     spans, dropped = locate_spans(text, [("the best", P, 0.5)])
     assert (spans, dropped) == ([CharSpan(16, 24, P, 0.5)], 0)  # " the" (15, 19) overlaps it
@@ -365,10 +366,10 @@ def test_released_code_extra_the_is_not_marked(smol_tok):
     assert released == [True, False, False, True, True]  # the bug this module avoids
 
 
-def test_token_offsets_emoji_and_eos(smol_tok):
+def test_decode_with_offsets_emoji_and_eos(smol_tok):
     ids = smol_tok(text=" I love it 😀!", add_special_tokens=False)["input_ids"]
     assert smol_tok.convert_ids_to_tokens(ids) == ["ĠI", "Ġlove", "Ġit", "ĠðŁĺ", "Ģ", "!"]
-    text, offsets = token_offsets(smol_tok, ids + [smol_tok.eos_token_id])
+    text, offsets = decode_with_offsets(smol_tok, ids + [smol_tok.eos_token_id])
     assert text == " I love it 😀!"
     # "ĠðŁĺ" holds the space and 3 of the emoji's 4 bytes: it owns the space only; "Ģ" completes the emoji
     assert offsets == [(0, 2), (2, 7), (7, 10), (10, 11), (11, 12), (12, 13), (13, 13)]
@@ -386,13 +387,13 @@ CANONICAL = [
 
 
 @pytest.mark.parametrize("text", CANONICAL)
-def test_token_offsets_cross_check_with_offset_mapping(smol_tok, text):
+def test_decode_with_offsets_cross_check_with_offset_mapping(smol_tok, text):
     """For a canonical tokenization (no character split across tokens), the tokens touched by every word and
-    every pair of adjacent words are the same through token_offsets as through the tokenizer's own offsets."""
+    every pair of adjacent words are the same through decode_with_offsets as through the tokenizer's own offsets."""
     enc = smol_tok(text=text, add_special_tokens=False, return_offsets_mapping=True)
     ids, mapping = enc["input_ids"], [tuple(m) for m in enc["offset_mapping"]]
     assert all(a[1] <= b[0] for a, b in zip(mapping, mapping[1:]))  # no character is split (precondition)
-    decoded, offsets = token_offsets(smol_tok, ids + [smol_tok.eos_token_id])
+    decoded, offsets = decode_with_offsets(smol_tok, ids + [smol_tok.eos_token_id])
     assert decoded == text and offsets[-1] == (len(text), len(text))
     assert "".join(text[a:b] for a, b in offsets) == text
     assert all(a[1] == b[0] for a, b in zip(offsets, offsets[1:]))
@@ -649,9 +650,9 @@ def test_critic_span_source(tiny):
     T = 11
     completion_ids = torch.tensor([x + [tok.pad_token_id] * (T - len(x)) for x in ids])
     mask = torch.tensor([[1] * len(x) + [0] * (T - len(x)) for x in ids])
-    assert token_offsets(tok, ids[0])[1] == [(0, 3), (3, 5), (5, 7), (7, 8), (8, 12), (12, 13), (13, 15), (15, 16),
+    assert decode_with_offsets(tok, ids[0])[1] == [(0, 3), (3, 5), (5, 7), (7, 8), (8, 12), (12, 13), (13, 15), (15, 16),
                                              (16, 17), (17, 17)]
-    assert token_offsets(tok, ids[2])[1] == [(0, 2), (2, 4), (4, 6), (6, 8), (8, 9), (9, 13), (13, 15), (15, 18),
+    assert decode_with_offsets(tok, ids[2])[1] == [(0, 2), (2, 4), (4, 6), (6, 8), (8, 9), (9, 13), (13, 15), (15, 18),
                                              (18, 20), (20, 21), (21, 21)]
     received = []
 

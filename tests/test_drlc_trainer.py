@@ -10,12 +10,13 @@ from typer.testing import CliRunner
 
 from segrl import advantages as adv
 from segrl.cli import app
-from segrl.critic.align import CharSpan, token_offsets
+from segrl.critic.align import CharSpan
 from segrl.critic.answers import parse_answer
 from segrl.critic.critics import ChatCritic, Critique, LexiconCritic
 from segrl.dense_rewards import CriticSpanSource
 from segrl.errors import UserError
 from segrl.trainers.drlc import DRLCConfig, DRLCTrainer
+from segrl.segmentation import decode_with_offsets
 
 COMMON = dict(
     per_device_train_batch_size=4, num_generations=4, max_completion_length=8, max_steps=1, learning_rate=1e-2,
@@ -68,7 +69,7 @@ def test_critic_span_rewards_plus_holistic_reward_make_the_advantages(build):
     assert prompts == ["The soup was"] * 4 and scores == [1.0] * 4  # the holistic rewards are handed to the critic
     expected = torch.zeros(mask.shape)
     for row, ids in enumerate(out["completion_ids"]):
-        text, offsets = token_offsets(tokenizer, ids[mask[row]].tolist())
+        text, offsets = decode_with_offsets(tokenizer, ids[mask[row]].tolist())
         assert text == responses[row]
         owner = next((t for t, (start, end) in enumerate(offsets) if start == 0 and end > 0), None)
         if row != 1 and owner is not None:  # row 1's answer did not parse: no critic reward
@@ -105,7 +106,7 @@ def test_self_critique_counts_answers_that_do_not_parse(build, tmp_path):
     out = trainer._generate_and_score_completions([{"prompt": "The soup was"}] * 4)
     critic = trainer.dense_rewards.critic
     mask = out["completion_mask"].bool()
-    responses = [token_offsets(tokenizer, ids[keep].tolist())[0] for ids, keep in zip(out["completion_ids"], mask)]
+    responses = [decode_with_offsets(tokenizer, ids[keep].tolist())[0] for ids, keep in zip(out["completion_ids"], mask)]
     rendered = [critic.render("The soup was", r, 1.0) for r in responses if r.strip()]
     answers = critic._generate(rendered)
     unparsed = sum(not parse_answer(a, ["G:"]).ok for a in answers)

@@ -148,10 +148,11 @@ class CriticSpanSource:
 
     @torch.no_grad()
     def __call__(self, rollout: Rollout) -> torch.Tensor:
-        from segrl.critic.align import token_offsets, token_rewards
+        from segrl.critic.align import token_rewards
 
         mask = rollout.completion_mask.bool()
-        decoded = [token_offsets(self.tokenizer, ids[keep].tolist()) for ids, keep in zip(rollout.completion_ids, mask)]
+        decoded = [seg.decode_with_offsets(self.tokenizer, ids[keep].tolist())
+                   for ids, keep in zip(rollout.completion_ids, mask)]
         scores = rollout.holistic_rewards.tolist() if rollout.holistic_rewards is not None else None
         critiques = self.critic(rollout.prompts, [text for text, _ in decoded], scores)
         rewards = torch.zeros(mask.shape)

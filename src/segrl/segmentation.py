@@ -311,12 +311,16 @@ DELIMITERS: dict[str, re.Pattern] = {
 
 
 def decode_with_offsets(tokenizer, token_ids: list[int]) -> tuple[str, list[tuple[int, int]]]:
-    """Decode sampled token ids and give each token's ``[start, end)`` character span in the decoded text.
+    """Decode sampled token ids and give each token's ``[start, end)`` character span in the decoded text: the
+    offset mapping of the ids the policy actually sampled.
 
-    For :func:`delimiter_segments` on *sampled* completions, whose ids need not be what the tokenizer would produce
-    from their text (so re-tokenising with ``return_offsets_mapping`` could misalign). Token t spans the
-    characters that decoding ``token_ids[: t + 1]`` adds to decoding ``token_ids[: t]``; special tokens are
-    skipped, so they span nothing. Quadratic in the length: meant for completions of up to a few hundred tokens.
+    For :func:`delimiter_segments` and DRLC's critic spans (:mod:`segrl.critic.align`) on *sampled* completions,
+    whose ids need not be what the tokenizer would produce from their text (so re-tokenising with
+    ``return_offsets_mapping`` could misalign). Token t ends where the decoded prefix ``token_ids[: t + 1]`` stops
+    agreeing with the full text (their longest common prefix), so a token that completes a multi-byte character
+    owns that character and the byte tokens before it own none of it; special tokens are skipped, so they span
+    nothing; ``end`` never decreases. Decoding uses ``skip_special_tokens=True`` and no clean-up of spaces.
+    Quadratic in the length: meant for completions of up to a few hundred tokens.
 
     Args:
         tokenizer: a Hugging Face tokenizer.
@@ -325,12 +329,21 @@ def decode_with_offsets(tokenizer, token_ids: list[int]) -> tuple[str, list[tupl
     Returns:
         The decoded text and one ``(start, end)`` pair per token.
     """
+
+    def decode(ids):
+        return tokenizer.decode(ids, skip_special_tokens=True, clean_up_tokenization_spaces=False)
+
+    text = decode(token_ids)
     offsets, previous = [], 0
     for t in range(len(token_ids)):
-        end = len(tokenizer.decode(token_ids[: t + 1], skip_special_tokens=True))
-        offsets.append((previous, max(previous, end)))
-        previous = max(previous, end)
-    return tokenizer.decode(token_ids, skip_special_tokens=True), offsets
+        prefix = decode(token_ids[: t + 1])
+        common, limit = 0, min(len(prefix), len(text))
+        while common < limit and prefix[common] == text[common]:
+            common += 1
+        end = max(previous, common)
+        offsets.append((previous, end))
+        previous = end
+    return text, offsets
 
 
 def delimiter_segments(

@@ -1,7 +1,8 @@
 """From critic spans to per-token rewards, through character offsets (DRLC, spec step 3).
 
-1. :func:`token_offsets`: the character range of every token of a *sampled* completion in its decoded text (the
-   offset mapping of the ids the policy actually sampled, which re-encoding the text would not always reproduce).
+1. :func:`segrl.segmentation.decode_with_offsets`: the character range of every token of a *sampled* completion in
+   its decoded text (the offset mapping of the ids the policy actually sampled, which re-encoding the text would
+   not always reproduce).
 2. :func:`locate_spans`: each span the critic wrote -> every place it occurs in the response, as character
    ranges. A span that occurs nowhere is dropped and counted.
 3. :func:`token_rewards`: a token inside a section's span gets that section's reward; a token in no span gets the
@@ -30,7 +31,7 @@ from dataclasses import dataclass
 
 import torch
 
-__all__ = ["CharSpan", "locate_spans", "token_offsets", "token_rewards"]
+__all__ = ["CharSpan", "locate_spans", "token_rewards"]
 
 
 @dataclass(frozen=True)
@@ -41,29 +42,6 @@ class CharSpan:
     end: int
     section: str
     reward: float
-
-
-def token_offsets(tokenizer, ids: list[int]) -> tuple[str, list[tuple[int, int]]]:
-    """The decoded text of ``ids`` (special tokens skipped, no clean-up of spaces) and each token's
-    ``(start, end)`` character range in it.
-
-    Token i ends where the decoded prefix ``ids[:i + 1]`` stops agreeing with the full text (its longest common
-    prefix), so a token that completes a multi-byte character owns that character and the tokens before it own
-    none of it; special tokens own no characters. ``end`` never decreases; a token owns ``[previous end, end)``.
-    """
-    decode = lambda part: tokenizer.decode(part, skip_special_tokens=True, clean_up_tokenization_spaces=False)
-    text = decode(ids)
-    offsets, previous = [], 0
-    for i in range(len(ids)):
-        prefix = decode(ids[: i + 1])
-        common = 0
-        limit = min(len(prefix), len(text))
-        while common < limit and prefix[common] == text[common]:
-            common += 1
-        end = max(previous, common)
-        offsets.append((previous, end))
-        previous = end
-    return text, offsets
 
 
 # Scripts written without spaces between words (CJK ideographs, kana, Thai): no word boundary to respect there.
