@@ -21,8 +21,8 @@ from segrl.critic.critics import ChatCritic, Critique, LexiconCritic
 from segrl.critic.templates import TEMPLATES, CriticTemplate, load_template, quote
 from segrl.dense_rewards import CriticSpanSource, Rollout
 from segrl.errors import UserError
-from segrl.tasks.sentiment import analyzer
 from segrl.segmentation import decode_with_offsets
+from segrl.tasks.sentiment import analyzer
 
 H = ["Positive spans:", "Negative spans:"]
 P, N = H

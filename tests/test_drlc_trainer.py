@@ -15,8 +15,8 @@ from segrl.critic.answers import parse_answer
 from segrl.critic.critics import ChatCritic, Critique, LexiconCritic
 from segrl.dense_rewards import CriticSpanSource
 from segrl.errors import UserError
-from segrl.trainers.drlc import DRLCConfig, DRLCTrainer
 from segrl.segmentation import decode_with_offsets
+from segrl.trainers.drlc import DRLCConfig, DRLCTrainer
 
 COMMON = dict(
     per_device_train_batch_size=4, num_generations=4, max_completion_length=8, max_steps=1, learning_rate=1e-2,
