@@ -162,30 +162,39 @@ def train(
     method: Annotated[str, typer.Argument(
         help="grpo (TRL's GRPO, the baseline), spo (SPO chain/tree), dense (RL on dense rewards of a segment reward "
              "model: PPO with a value model or critic-free), drlc (dense rewards from a critic's spans: --critic "
-             "lexicon|self|MODEL) or rm (train a segment reward model).")],
+             "lexicon|self|MODEL), rm (train a segment reward model), dpo (TRL's DPO on prompt/chosen/rejected pairs) "
+             "or densedpo (DenseDPO on aligned pairs with segment labels).")],
 ):
-    """Train a policy on a built-in task (grpo, spo, dense, drlc), or a segment reward model on prepared pairs (rm).
+    """Train a policy on a built-in task (grpo, spo, dense, drlc), a segment reward model on prepared pairs (rm), or
+    a policy on preference pairs (dpo, densedpo: --train_file).
 
     Every other flag follows TRL's convention: --config run.yaml, then any field of the run (--task, --model,
     --train_examples, ...; for rm: --train_file, --eval_file, --model) or of the trainer's config (GRPOConfig,
-    SPOConfig, DenseRewardConfig, DRLCConfig, SegmentRewardConfig) as --name value. `segrl train METHOD --help`
-    lists them.
+    SPOConfig, DenseRewardConfig, DRLCConfig, SegmentRewardConfig, DPOConfig, DenseDPOConfig) as --name value.
+    `segrl train METHOD --help` lists them.
     With dense and a --reward_model, the task's own reward is only logged unless --reward_weights says otherwise.
     """
-    from trl import GRPOConfig
+    from trl import DPOConfig, GRPOConfig
+
+    from segrl.preference_training import PreferenceRunArguments
 
     from segrl.reward_training import RewardRunArguments
     from segrl.trainers.dense import DenseRewardConfig
+    from segrl.trainers.dense_dpo import DenseDPOConfig
     from segrl.trainers.drlc import DRLCConfig
     from segrl.trainers.segment_rm import SegmentRewardConfig
     from segrl.trainers.spo import SPOConfig
     from segrl.training import METHODS, RunArguments
 
     configs = {"grpo": GRPOConfig, "spo": SPOConfig, "dense": DenseRewardConfig, "drlc": DRLCConfig,
-               "rm": SegmentRewardConfig}
+               "rm": SegmentRewardConfig, "dpo": DPOConfig, "densedpo": DenseDPOConfig}
+    if method in ("--help", "-h"):  # the flags belong to each method's parser; this is the command's own help
+        console.print(ctx.get_help())
+        raise typer.Exit(0)
     if method not in configs:
         raise UserError(f"Unknown method '{method}'; expected one of {', '.join(configs)}")
-    run_class = RewardRunArguments if method == "rm" else RunArguments
+    run_class = {"rm": RewardRunArguments, "dpo": PreferenceRunArguments,
+                 "densedpo": PreferenceRunArguments}.get(method, RunArguments)
     args = list(ctx.args)
     if method == "dense" and _has_flag(args, "--reward_model") and not _has_flag(args, "--reward_weights"):
         args += ["--reward_weights", "0"]  # the segment RM is the reward; the task's reward is logged for reference
@@ -195,6 +204,13 @@ def train(
 
         out = train_reward_model(run, config)
         console.print(f"Reward model written to [bold]{out / 'final'}[/] (config.json, metrics.jsonl beside it)",
+                      highlight=False)
+        return
+    if method in ("dpo", "densedpo"):
+        from segrl.preference_training import train_preference
+
+        out = train_preference(method, run, config)
+        console.print(f"Policy written to [bold]{out / 'final'}[/] (config.json, metrics.jsonl beside it)",
                       highlight=False)
         return
     from segrl.training import train as run_training
