@@ -426,7 +426,7 @@ def test_end_to_end_on_a_random_llama(random_model_dir):
     model.train()
     prompts = ["The soup was", "We sat by the", "Would we"]
     three = fixed_length_segmenter(3)
-    kwargs = dict(max_new_tokens=8, seed=1, batch_size=2)
+    kwargs = dict(max_new_tokens=8, seed=2, batch_size=2)  # a seed where some shared prefix is not empty
 
     prefix = shared_prefix_pairs(model, tokenizer, prompts, None, three, **kwargs)
     assert model.training  # the builders leave the mode as they found it

@@ -39,7 +39,9 @@ newline and fixed-length segments that makes no difference).
 
 Sampling: pure ancestral sampling at ``temperature`` (``top_k=None``: no truncation), each sampled sequence with its
 own ``torch.Generator`` keyed by (``seed``, builder, pair index, copy) (:func:`segrl.decoding.base.row_generator`), so
-a build is reproducible and a pair does not depend on the batch it was sampled in. Generation is batched in one KV
+a build is reproducible and a pair does not depend on the batch it was sampled in; a reference sampled by the policy
+uses the key (``seed``, "reference", prompt index), so both builders start from the same references for the same
+seed and prompts. Generation is batched in one KV
 cache per batch (:class:`segrl.decoding.batch.SequenceBatch`, full-attention models): the prompt and the kept text
 are prefilled once and shared by the two copies, a dropped token is never fed, kept segments are fed as blocks.
 Prompts are text (tokenized as :func:`segrl.prepare.tokenize_prompt` does) or message lists; a text reference is
@@ -79,7 +81,8 @@ answers that could not be read, "tied_pairs": rows with no non-tie label}``.
   B (y¹), every text quoted behind ``"> "`` (:func:`segrl.critic.templates.quote`) with the tokenizer's special-token
   strings broken, and asks for ``A``, ``B`` or ``tie``. Parsing is strict (:func:`parse_judge_answer`): the first
   line of the answer, case-insensitive, with surrounding spaces and trailing periods removed, must be ``a``, ``b``
-  or ``tie``; anything else is a tie counted as ``unparsed``. Answers are cached by the rendered prompt.
+  or ``tie``; anything else is a tie counted as ``unparsed``. Answers are cached by the rendered prompt. A is always
+  y⁰: the order is not randomised, so a judge with a position bias passes it on to the labels.
 
 :func:`whole_pair_label` makes the plain-DPO comparison data from the same pairs: one label per pair from
 whole-response scores.
