@@ -105,6 +105,16 @@ def test_wmt_layout(tmp_path):
     assert counts["pairs"] == 1 and counts["ties"] == 1  # s1: A > B; s3: a tie; s2: B alone
 
 
+def test_wmt_files_without_a_final_newline_keep_their_last_line(tmp_path):
+    root = make_wmt(tmp_path, {"A": ["a1", "a2", "a3"], "B": ["b1", "b2", "b3"]},
+                    {"A": ["-1", "-2", "0"], "B": ["-5", "-2", "-1"]})
+    for path in [root / "sources" / "en-de.txt", root / "system-outputs" / "en-de" / "A.txt",
+                 root / "human-scores" / "en-de.seg.mqm.score"]:
+        path.write_text(path.read_text().rstrip("\n"))
+    ratings, _ = read_wmt(root, "en-de")
+    assert len(ratings) == 6 and ratings[2].mt == "a3" and ratings[5].score == -1.0
+
+
 def test_wmt_layout_errors(tmp_path):
     root = make_wmt(tmp_path / "a", {"A": ["a1", "a2"]}, {"A": ["-1", "0", "0"]})
     with pytest.raises(UserError, match=r"A.txt: 2 lines and 3 scores"):

@@ -33,7 +33,7 @@ from pathlib import Path
 from segrl.errors import UserError
 from segrl.remedy.inputs import split_lp
 
-__all__ = ["Rating", "make_pairs", "ratings_from_rows", "read_ratings", "read_wmt", "split_by_source"]
+__all__ = ["Rating", "make_pairs", "ratings_from_rows", "read_lines", "read_ratings", "read_wmt", "split_by_source"]
 
 REQUIRED = ("lp", "src", "mt", "system", "score")
 
@@ -121,11 +121,19 @@ def read_ratings(path: str | Path) -> list[Rating]:
     return ratings
 
 
-def _lines(path: Path) -> list[str]:
+def read_lines(path: str | Path, what: str) -> list[str]:
+    """The lines of a text file (a final newline ends the last line; a last line without one is kept); an
+    unreadable or empty file is a :class:`UserError` naming it as the ``what`` file."""
     try:
-        return path.read_text(encoding="utf-8").split("\n")[:-1] if path.stat().st_size else []
+        text = Path(path).read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as err:
-        raise UserError(f"{path}: cannot read ({err})") from err
+        raise UserError(f"{path}: cannot read the {what} file ({err})") from err
+    lines = text.split("\n")
+    if lines[-1] == "":
+        lines.pop()
+    if not lines:
+        raise UserError(f"{path}: the {what} file is empty")
+    return lines
 
 
 def read_wmt(root: str | Path, lp: str, ref: str = "refA", scores: str = "mqm") -> tuple[list[Rating], int]:
@@ -135,15 +143,15 @@ def read_wmt(root: str | Path, lp: str, ref: str = "refA", scores: str = "mqm") 
     """
     root = Path(root)
     split_lp(lp, str(root))
-    sources = _lines(root / "sources" / f"{lp}.txt")
+    sources = read_lines(root / "sources" / f"{lp}.txt", "source")
     ref_path = root / "references" / f"{lp}.{ref}.txt"
-    references = _lines(ref_path) if ref_path.is_file() else None
+    references = read_lines(ref_path, "reference") if ref_path.is_file() else None
     if references is not None and len(references) != len(sources):
         raise UserError(f"{ref_path}: {len(references)} lines, but {root / 'sources' / f'{lp}.txt'} has "
                         f"{len(sources)}")
     score_path = root / "human-scores" / f"{lp}.seg.{scores}.score"
     by_system: dict[str, list[tuple[int, str]]] = defaultdict(list)
-    for number, line in enumerate(_lines(score_path), start=1):
+    for number, line in enumerate(read_lines(score_path, "human score"), start=1):
         parts = line.split("\t")
         if len(parts) != 2:
             raise UserError(f"{score_path}:{number}: expected 'system<TAB>score', got {line[:60]!r}")
@@ -153,7 +161,7 @@ def read_wmt(root: str | Path, lp: str, ref: str = "refA", scores: str = "mqm") 
         out_path = root / "system-outputs" / lp / f"{system}.txt"
         if not out_path.is_file():
             raise UserError(f"{score_path}: system {system!r} has scores but no output file {out_path}")
-        outputs = _lines(out_path)
+        outputs = read_lines(out_path, "system output")
         if not len(outputs) == len(values) == len(sources):
             raise UserError(f"{out_path}: {len(outputs)} lines and {len(values)} scores in {score_path}, but the "
                             f"sources have {len(sources)} lines")

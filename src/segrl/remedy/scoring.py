@@ -23,6 +23,7 @@ import torch
 from segrl.errors import UserError
 from segrl.files import write_text_atomic
 from segrl.remedy.calibration import Calibration
+from segrl.remedy.data import read_lines
 from segrl.remedy.inputs import encode, split_lp
 
 __all__ = ["load_remedy", "score", "score_files"]
@@ -75,19 +76,6 @@ def score(model, tokenizer, sources: list[str], hypotheses: list[str], lps: list
     return scores
 
 
-def _read_lines(path: str | Path, what: str) -> list[str]:
-    try:
-        text = Path(path).read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as err:
-        raise UserError(f"{path}: cannot read the {what} file ({err})") from err
-    lines = text.split("\n")
-    if lines and lines[-1] == "":
-        lines.pop()
-    if not lines:
-        raise UserError(f"{path}: the {what} file is empty")
-    return lines
-
-
 def score_files(model_dir: str | Path, src: str | Path, mt: str | Path, lp: str, output_dir: str | Path,
                 ref: str | Path | None = None, batch_size: int = 32, progress=None) -> dict:
     """Score the lines of ``mt`` (translations of ``src``, optionally with ``ref``); write ``scores.tsv`` and
@@ -99,7 +87,7 @@ def score_files(model_dir: str | Path, src: str | Path, mt: str | Path, lp: str,
     if not info.get("reference_free") and ref is None:
         raise UserError(f"{model_dir} was trained with references: give --ref")
     files = {"source": src, "hypothesis": mt, **({"reference": ref} if ref is not None else {})}
-    lines = {what: _read_lines(path, what) for what, path in files.items()}
+    lines = {what: read_lines(path, what) for what, path in files.items()}
     counts = {what: len(v) for what, v in lines.items()}
     if len(set(counts.values())) > 1:
         raise UserError("the files have different line counts: "
