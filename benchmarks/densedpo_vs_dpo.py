@@ -99,12 +99,11 @@ def main():
                 write_jsonl(out / f"{name}.jsonl", data[name])
             write_jsonl(out / "densedpo.jsonl", data["densedpo"])
         for arm in ARMS:
-            run_dir = out / arm
+            run_dir, file = out / arm, out / f"{arm}.jsonl"
+            if arm == "densedpo-third" and not file.is_file():
+                rows = (out / "densedpo.jsonl").read_text().splitlines()
+                file.write_text("".join(line + "\n" for line in rows[: len(rows) // 3]))
             if not (run_dir / "final" / "model.safetensors").is_file():
-                file = out / ("densedpo.jsonl" if arm.startswith("densedpo") else f"{arm}.jsonl")
-                if arm == "densedpo-third":
-                    rows = [json.loads(line) for line in file.read_text().splitlines()]
-                    file = write_jsonl(out / "densedpo-third.jsonl", rows[: len(rows) // 3])
                 common = dict(output_dir=str(run_dir), seed=seed, beta=0.1, learning_rate=args.learning_rate,
                               num_train_epochs=args.epochs, per_device_train_batch_size=16, logging_steps=10,
                               save_strategy="no", report_to="none", use_cpu=on_cpu, bf16=not on_cpu,
@@ -113,8 +112,7 @@ def main():
                 config = DenseDPOConfig(**common) if method == "densedpo" else DPOConfig(**common)
                 train_preference(method, PreferenceRunArguments(train_file=str(file), model="tiny-facts"), config)
             trained, trained_tokenizer = load_model(str(run_dir / "final"))
-            pairs = len((out / ("densedpo-third.jsonl" if arm == "densedpo-third" else
-                                ("densedpo.jsonl" if arm == "densedpo" else f"{arm}.jsonl"))).read_text().splitlines())
+            pairs = len(file.read_text().splitlines())
             end_reward = evaluate(trained, trained_tokenizer, facts, eval_set, greedy=False, seed=seed)
             row = {"seed": seed, "arm": arm, "pairs": pairs, "start": start_reward, "end": end_reward}
             results.append(row)

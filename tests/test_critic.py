@@ -211,6 +211,7 @@ class FakeLM(torch.nn.Module):
         self.weight = torch.nn.Parameter(torch.zeros(1))
         self.config = SimpleNamespace(max_position_embeddings=max_positions)
         self.answer_ids, self.inputs, self.masks = answer_ids, [], []
+        self.device = torch.device("cpu")
 
     def generate(self, input_ids, attention_mask, **kwargs):
         self.inputs.append(input_ids.clone())

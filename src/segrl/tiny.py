@@ -204,8 +204,10 @@ def generate_completions(
     temperature: float = 1.0,
     max_new_tokens: int = 64,
     batch_size: int = 64,
+    add_special_tokens: bool = True,
 ) -> list[str]:
     """Completions of ``prompts`` (plain strings), batched with left padding; special tokens are stripped.
+    ``add_special_tokens=False`` for prompts that already hold them (a rendered chat template).
 
     Sampling uses pure ancestral sampling at ``temperature`` (no top-k, no top-p) and torch's global RNG, so
     seed it (``torch.manual_seed``) for a reproducible draw.
@@ -227,7 +229,8 @@ def generate_completions(
     try:
         with torch.no_grad():
             for i in range(0, len(prompts), batch_size):
-                batch = tokenizer(list(prompts[i : i + batch_size]), return_tensors="pt", padding=True)
+                batch = tokenizer(list(prompts[i : i + batch_size]), return_tensors="pt", padding=True,
+                                  add_special_tokens=add_special_tokens)
                 batch = {k: v.to(model.device) for k, v in batch.items() if k in ("input_ids", "attention_mask")}
                 ids = model.generate(
                     **batch,

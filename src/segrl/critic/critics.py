@@ -23,8 +23,6 @@ import logging
 from collections import OrderedDict
 from dataclasses import dataclass, field
 
-import torch
-
 from segrl.critic.align import CharSpan, locate_spans
 from segrl.critic.answers import parse_answer
 from segrl.critic.templates import CriticTemplate
@@ -148,33 +146,20 @@ class ChatCritic:
         spans, dropped = locate_spans(response, wanted)
         return Critique(ok=True, spans=spans, outside=self.template.outside, dropped=dropped, answer=answer)
 
-    @torch.no_grad()
     def _generate(self, prompts: list[str]) -> list[str | None]:
         """Greedy answers to ``prompts`` (None for a prompt too long for the model's context)."""
-        if not prompts:
-            return []
-        tokenizer, model = self.tokenizer, self.model
-        limit = getattr(model.config, "max_position_embeddings", None)
-        encoded = [tokenizer(text=p, add_special_tokens=not self.chat)["input_ids"] for p in prompts]
+        from segrl.tiny import generate_completions
+
+        limit = getattr(self.model.config, "max_position_embeddings", None)
+        lengths = [len(self.tokenizer(text=p, add_special_tokens=not self.chat)["input_ids"]) for p in prompts]
+        fits = [i for i, n in enumerate(lengths) if limit is None or n + self.max_new_tokens <= limit]
         answers: list[str | None] = [None] * len(prompts)
-        fits = [i for i, ids in enumerate(encoded) if limit is None or len(ids) + self.max_new_tokens <= limit]
-        device = next(model.parameters()).device
-        was_training, padding_side = model.training, tokenizer.padding_side
-        model.eval()
-        tokenizer.padding_side = "left"
-        try:
-            for start in range(0, len(fits), self.batch_size):
-                rows = fits[start:start + self.batch_size]
-                batch = tokenizer.pad({"input_ids": [encoded[i] for i in rows]}, return_tensors="pt").to(device)
-                out = model.generate(**batch, do_sample=False, max_new_tokens=self.max_new_tokens,
-                                     pad_token_id=tokenizer.pad_token_id)
-                texts = tokenizer.batch_decode(out[:, batch["input_ids"].shape[1]:], skip_special_tokens=True)
-                for i, text in zip(rows, texts):
-                    answers[i] = text
-        finally:
-            model.train(was_training)
-            tokenizer.padding_side = padding_side
-        skipped = len(prompts) - len(fits)
-        if skipped:
-            logger.warning("%d critic prompt(s) longer than the critic's context were skipped", skipped)
+        texts = generate_completions(self.model, self.tokenizer, [prompts[i] for i in fits], greedy=True,
+                                     max_new_tokens=self.max_new_tokens, batch_size=self.batch_size,
+                                     add_special_tokens=not self.chat)
+        for i, text in zip(fits, texts):
+            answers[i] = text
+        if len(fits) < len(prompts):
+            logger.warning("%d critic prompt(s) longer than the critic's context were skipped",
+                           len(prompts) - len(fits))
         return answers

@@ -39,6 +39,7 @@ from dataclasses import dataclass, field
 
 from segrl.critic.critics import ChatCritic, LexiconCritic
 from segrl.critic.templates import load_template
+from segrl.decoding.base import check_positive_ints
 from segrl.dense_rewards import CriticSpanSource
 from segrl.errors import UserError
 from segrl.trainers.dense import DenseRewardConfig, DenseRewardTrainer
@@ -67,10 +68,7 @@ class DRLCConfig(DenseRewardConfig):
         if self.critic == "lexicon" and self.critic_template != "sentiment":
             raise UserError("DRLCConfig: the lexicon critic marks VADER's sentiment words; --critic_template applies "
                             "to model critics (self or a model)")
-        for name in ("critic_max_new_tokens", "critic_batch_size"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise UserError(f"DRLCConfig.{name} must be a positive integer, got {value!r}")
+        check_positive_ints(self, ("critic_max_new_tokens", "critic_batch_size"))
         load_template(self.critic_template)  # a bad template fails here, before any model is loaded
         super().__post_init__()
 
