@@ -15,6 +15,22 @@ from pathlib import Path
 from segrl.errors import UserError
 
 
+def read_kind_json(path: str | Path, what: str, kinds) -> tuple[Path, dict]:
+    """The JSON object in ``path`` (a ``what`` file, for messages) whose field ``kind`` is one of ``kinds``."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"{what} file not found: {path}")
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise UserError(f"{path}: not a valid JSON {what} file ({err})") from None
+    if not isinstance(data, dict):
+        raise UserError(f"{path}: expected a JSON object, got {type(data).__name__}")
+    if data.get("kind") not in kinds:
+        raise UserError(f"{path}: field 'kind' should be one of {sorted(kinds)}, got {data.get('kind')!r}")
+    return path, data
+
+
 def read_jsonl(path: str | Path, required: dict[str, type]) -> list[dict]:
     """Read a JSONL file whose rows are objects holding at least the ``required`` fields with the given types.
 

@@ -49,7 +49,7 @@ import numpy as np
 import torch
 
 from segrl.errors import UserError
-from segrl.files import write_text_atomic
+from segrl.files import read_kind_json, write_text_atomic
 from segrl.segmentation import num_segments
 
 __all__ = [
@@ -144,18 +144,7 @@ def _save(path: str | Path, kind: str, params: dict) -> Path:
 
 def _read(path: str | Path) -> tuple[Path, dict]:
     """The JSON object in ``path`` with a valid ``kind``."""
-    path = Path(path)
-    if not path.is_file():
-        raise UserError(f"normalizer file not found: {path}")
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise UserError(f"{path}: not a valid JSON normalizer file ({err})") from None
-    if not isinstance(data, dict):
-        raise UserError(f"{path}: expected a JSON object, got {type(data).__name__}")
-    if data.get("kind") not in _KINDS:
-        raise UserError(f"{path}: field 'kind' should be one of {sorted(_KINDS)}, got {data.get('kind')!r}")
-    return path, data
+    return read_kind_json(path, "normalizer", _KINDS)
 
 
 def _load(cls, path: Path, data: dict):

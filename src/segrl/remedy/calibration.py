@@ -59,7 +59,7 @@ from pathlib import Path
 import numpy as np
 
 from segrl.errors import UserError
-from segrl.files import write_text_atomic
+from segrl.files import read_kind_json, write_text_atomic
 
 __all__ = [
     "Calibration",
@@ -329,17 +329,7 @@ class Calibration:
             UserError: missing file, not JSON, not an object, wrong ``kind``, a missing field, or a temperature
             that is not a positive finite number (the message names the file and the field).
         """
-        path = Path(path)
-        if not path.is_file():
-            raise UserError(f"calibration file not found: {path}")
-        try:
-            data = json.loads(path.read_text(encoding="utf-8"))
-        except (json.JSONDecodeError, UnicodeDecodeError) as err:
-            raise UserError(f"{path}: not a valid JSON calibration file ({err})") from None
-        if not isinstance(data, dict):
-            raise UserError(f"{path}: expected a JSON object, got {type(data).__name__}")
-        if data.get("kind") != FILE_KIND:
-            raise UserError(f"{path}: field 'kind' should be {FILE_KIND!r}, got {data.get('kind')!r}")
+        path, data = read_kind_json(path, "calibration", (FILE_KIND,))
         for name in ("global_temperature", "per_lp"):
             if name not in data:
                 raise UserError(f"{path}: missing field '{name}'")
