@@ -195,10 +195,7 @@ def train(
         raise UserError(f"Unknown method '{method}'; expected one of {', '.join(configs)}")
     run_class = {"rm": RewardRunArguments, "dpo": PreferenceRunArguments,
                  "densedpo": PreferenceRunArguments}.get(method, RunArguments)
-    args = list(ctx.args)
-    if method == "dense" and _has_flag(args, "--reward_model") and not _has_flag(args, "--reward_weights"):
-        args += ["--reward_weights", "0"]  # the segment RM is the reward; the task's reward is logged for reference
-    run, config = _parse_trl(args, run_class, configs[method], f"segrl train {method}", f"runs/{method}")
+    run, config = _parse_trl(list(ctx.args), run_class, configs[method], f"segrl train {method}", f"runs/{method}")
     if method == "rm":
         from segrl.reward_training import train_reward_model
 

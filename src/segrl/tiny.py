@@ -269,6 +269,24 @@ def evaluate(
     ``max_new_tokens=None`` allows 1.5x the longest demonstration plus 8 tokens. ``seed`` (when not None) seeds
     torch's global RNG before sampling. A reward of None (not applicable) counts as 0.
     """
+    return evaluate_metrics(model, tokenizer, task, dataset, greedy, temperature, max_new_tokens, batch_size,
+                            seed)["accuracy"]
+
+
+def evaluate_metrics(
+    model,
+    tokenizer,
+    task: str | ModuleType,
+    dataset,
+    greedy: bool,
+    temperature: float = 1.0,
+    max_new_tokens: int | None = None,
+    batch_size: int = 64,
+    seed: int | None = 0,
+) -> dict[str, float]:
+    """:func:`evaluate`'s ``accuracy`` plus the task's own held-out metrics of the same completions, for a task
+    that defines ``metrics(prompts, completions, **columns) -> dict[str, float]`` (``grounding``: format rate,
+    box and mask IoU)."""
     import torch
 
     task_mod = _resolve_task(task)
@@ -285,7 +303,10 @@ def evaluate(
     )
     columns = {c: list(dataset[c]) for c in dataset.column_names if c not in ("prompt", "completion")}
     rewards = task_mod.reward(prompts, completions, **columns)
-    return float(sum(r or 0.0 for r in rewards) / len(rewards))
+    scores = {"accuracy": float(sum(r or 0.0 for r in rewards) / len(rewards))}
+    if hasattr(task_mod, "metrics"):
+        scores.update(task_mod.metrics(prompts, completions, **columns))
+    return scores
 
 
 def completion_nll(model, tokenizer, dataset, batch_size: int = 64) -> float:

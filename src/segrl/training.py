@@ -11,7 +11,10 @@ and writes into ``output_dir``:
 - ``final/``: the trained model and tokenizer (safetensors); ``value_model/``: the dense trainer's value model (PPO's critic), if any.
 
 Held-out accuracy is measured every ``eval_every`` steps (and at the start and the end) by sampling one completion
-per held-out prompt at the training temperature, plus greedy decoding.
+per held-out prompt at the training temperature, plus greedy decoding (``eval/accuracy``, ``eval/accuracy_greedy``,
+and the task's own held-out metrics where it has them, e.g. ``eval/box_iou`` for ``grounding``). The task's
+training rewards are its ``reward_funcs`` where it has several (``grounding``: format, box IoU², mask IoU², summed
+by TRL and logged one by one as ``rewards/<name>/mean``), else its ``reward``.
 """
 
 from __future__ import annotations
@@ -74,17 +77,17 @@ class RunLogger(TrainerCallback):
         return record
 
     def _evaluate(self, state, model, tokenizer):
-        from segrl.tiny import evaluate
+        from segrl.tiny import evaluate_metrics
 
         eval_start = time.perf_counter()
         model.eval()
-        scores = {
-            "eval/accuracy": evaluate(model, tokenizer, self.task, self.eval_set, greedy=False,
-                                      temperature=self.temperature, max_new_tokens=self.max_new_tokens),
-            "eval/accuracy_greedy": evaluate(model, tokenizer, self.task, self.eval_set, greedy=True,
-                                             max_new_tokens=self.max_new_tokens),
-            "tokens/generated": self.generated_tokens,
-        }
+        sampled = evaluate_metrics(model, tokenizer, self.task, self.eval_set, greedy=False,
+                                   temperature=self.temperature, max_new_tokens=self.max_new_tokens)
+        greedy = evaluate_metrics(model, tokenizer, self.task, self.eval_set, greedy=True,
+                                  max_new_tokens=self.max_new_tokens)
+        scores = {f"eval/{name}": value for name, value in sampled.items()}
+        scores.update({f"eval/{name}_greedy": value for name, value in greedy.items()})
+        scores["tokens/generated"] = self.generated_tokens
         model.train()
         self.start += time.perf_counter() - eval_start
         self.last_eval_step = state.global_step
@@ -151,6 +154,9 @@ def train(method: str, run: RunArguments, config) -> Path:
             "held-out accuracy is measured right after a step's log"
         )
     task = get_task(run.task)
+    reward_funcs = list(getattr(task, "reward_funcs", [task.reward]))
+    if method == "dense" and config.reward_model and config.reward_weights is None:
+        config.reward_weights = [0.0] * len(reward_funcs)  # the segment RM is the reward; the task's is only logged
     device = "cpu" if config.use_cpu else None
     model, tokenizer = load_model(run.model, cache_dir=run.cache_dir, seed=config.seed, device=device)
     tokenizer.padding_side = "left"
@@ -176,7 +182,7 @@ def train(method: str, run: RunArguments, config) -> Path:
     trainer_class = {"grpo": TokenCountingGRPOTrainer, "spo": SPOTrainer, "dense": DenseRewardTrainer,
                      "drlc": DRLCTrainer}[method]
     trainer = trainer_class(
-        model=model, reward_funcs=[task.reward], args=config, train_dataset=train_set, processing_class=tokenizer,
+        model=model, reward_funcs=reward_funcs, args=config, train_dataset=train_set, processing_class=tokenizer,
         callbacks=[logger], **extra,
     )
     trainer.remove_callback(PrinterCallback)  # raw metric dicts on stdout: they are in metrics.jsonl already
