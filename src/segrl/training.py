@@ -39,9 +39,10 @@ class RunArguments:
     """What to train on; the trainer's own fields live in ``GRPOConfig`` / ``SPOConfig``."""
 
     task: str = field(default="arith", metadata={"help": "Built-in task (see segrl.tasks)."})
-    model: str = field(
-        default="tiny-arith",
-        metadata={"help": "Policy: a preset (tiny-<task>, smollm2-135m), a local directory or a hub id."},
+    model: str | None = field(
+        default=None,
+        metadata={"help": "Policy: a preset (tiny-<task>, smollm2-135m), a local directory or a hub id "
+                          "[default: tiny-<task>]."},
     )
     train_examples: int = field(default=2048, metadata={"help": "Prompts in the training split."})
     eval_examples: int = field(default=200, metadata={"help": "Held-out prompts for accuracy along the way."})
@@ -72,8 +73,9 @@ class RunLogger(TrainerCallback):
 
     def _write(self, state, record: dict) -> dict:
         record = {"step": state.global_step, "wall_seconds": round(time.perf_counter() - self.start, 3), **record}
-        with self.path.open("a", encoding="utf-8") as handle:
-            handle.write(json.dumps(record) + "\n")
+        if state.is_world_process_zero:  # several processes: all log and evaluate alike, only the main one writes
+            with self.path.open("a", encoding="utf-8") as handle:
+                handle.write(json.dumps(record) + "\n")
         return record
 
     def _evaluate(self, state, model, tokenizer):
@@ -158,16 +160,19 @@ def train(method: str, run: RunArguments, config) -> Path:
     if method == "dense" and config.reward_model and config.reward_weights is None:
         config.reward_weights = [0.0] * len(reward_funcs)  # the segment RM is the reward; the task's is only logged
     device = "cpu" if config.use_cpu else None
+    run.model = run.model or f"tiny-{run.task}"
     model, tokenizer = load_model(run.model, cache_dir=run.cache_dir, seed=config.seed, device=device)
     tokenizer.padding_side = "left"
     train_set = task.make_dataset("train", run.train_examples, seed=config.seed)
     eval_set = task.make_dataset("test", run.eval_examples, seed=config.seed)
 
     out = Path(config.output_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "metrics.jsonl").unlink(missing_ok=True)
-    resolved = {"method": method, "run": asdict(run), "trainer": config.to_dict(), **run_record()}
-    write_text_atomic(out / "config.json", json.dumps(resolved, indent=2, default=str) + "\n")
+    main_process = config.process_index == 0  # under `accelerate launch` only the main process writes files
+    if main_process:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "metrics.jsonl").unlink(missing_ok=True)
+        resolved = {"method": method, "run": asdict(run), "trainer": config.to_dict(), **run_record()}
+        write_text_atomic(out / "config.json", json.dumps(resolved, indent=2, default=str) + "\n")
 
     logger = RunLogger(out / "metrics.jsonl", task, eval_set, run.eval_every, config.temperature,
                        config.max_completion_length, run.max_generated_tokens)
@@ -187,9 +192,9 @@ def train(method: str, run: RunArguments, config) -> Path:
     )
     trainer.remove_callback(PrinterCallback)  # raw metric dicts on stdout: they are in metrics.jsonl already
     trainer.train()
-    trainer.save_model(str(out / "final"))
+    trainer.save_model(str(out / "final"))  # every process calls it (ZeRO-3/FSDP gather); the main one writes
     if isinstance(trainer, DenseRewardTrainer):
         trainer.save_value_model(out / "value_model")
-    if getattr(trainer, "last_example", None) is not None:
+    if main_process and getattr(trainer, "last_example", None) is not None:
         write_text_atomic(out / "example.json", json.dumps(trainer.last_example) + "\n")
     return out

@@ -25,7 +25,13 @@ Built-in tasks: ``arith`` (multi-step arithmetic word problems), ``facts`` (K on
 prompt, each true or false; a per-line oracle reward and Bradley-Terry preference pairs), ``sentiment`` (review
 openings to continue; VADER's compound score of the continuation as the reward, and VADER word scores for a lexicon
 critic), ``toymt`` (translate simple English sentences into two toy languages; word-level F1 against the reference as
-the reward, and simulated MQM ratings of MT systems of known quality for the ReMedy metric). Planned: ``grounding``.
+the reward, and simulated MQM ratings of MT systems of known quality for the ReMedy metric), ``grounding`` (text
+scenes of shapes and a referring question, answered with a box; the LENS rewards).
+
+Two optional members: ``reward_funcs`` (a list of reward functions in the same signature, the training rewards
+that GRPO sums and logs one by one, where a task has several; ``grounding``: format, box IoU², mask IoU²; else
+``[reward]``) and ``metrics(prompts, completions, **columns) -> dict[str, float]`` (held-out metrics logged beside
+the mean ``reward``; ``grounding``: format rate, mean box and mask IoU).
 """
 
 from __future__ import annotations
@@ -40,6 +46,7 @@ from segrl.errors import UserError
 TASKS: dict[str, str] = {
     "arith": "segrl.tasks.arith",
     "facts": "segrl.tasks.facts",
+    "grounding": "segrl.tasks.grounding",
     "sentiment": "segrl.tasks.sentiment",
     "toymt": "segrl.tasks.toymt",
 }

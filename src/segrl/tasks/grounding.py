@@ -75,9 +75,10 @@ The question is ``Box of <expr>?``. Grammar (``<kind>`` is rectangle/circle/tria
   A.y2 < B.y1; below iff A.y1 > B.y2; exactly one shape matching ``desc`` may satisfy it. When some relation
   expressions of a scene need the relation (``desc`` alone matches two or more shapes), one of those is chosen.
 
-Every question has exactly one referent (:func:`resolve` finds all referents; :func:`make_rows` keeps only
-expressions with one). A row draws the question type uniformly from the five, then a scene that admits a question
-of that type, then the expression uniformly among the valid ones.
+Every question has exactly one referent (:func:`resolve` finds all referents of a structured expression;
+:func:`candidate_expressions` lists a scene's valid ones; :func:`make_scenes` gives the structured scene, question
+type, expression and target behind each row). A row draws the question type uniformly from the five, then a
+scene that admits a question of that type, then the expression uniformly among the valid ones.
 
 Difficulty knobs (keyword arguments of :func:`make_dataset`; defaults in :data:`DEFAULT_DIFFICULTY`)
 ---------------------------------------------------------------------------------------------------
@@ -337,9 +338,8 @@ def resolve(scene: Scene, spec: tuple) -> list[int]:
         if len(cands) < 2:
             return []
         if spec[0] == "superlative":
-            sign = -1.0 if spec[1] == "largest" else 1.0
-            vals = sorted((sign * scene.shapes[i].area, i) for i in cands)
-            # compare magnitudes: winner beats runner-up by AREA_MARGIN
+            # ascending by the value to minimise: minus the area for "largest", the area for "smallest"
+            vals = sorted(((-1 if spec[1] == "largest" else 1) * scene.shapes[i].area, i) for i in cands)
             best, second = abs(vals[0][0]), abs(vals[1][0])
             ok = best >= AREA_MARGIN * second if spec[1] == "largest" else second >= AREA_MARGIN * best
         else:
@@ -564,16 +564,8 @@ def _boxes_column(box: Any, n: int, who: str) -> list[list[float]]:
 
 
 def _parse(completion: Any) -> tuple[float, float, float, float] | None:
-    try:
-        text = completion_text(completion)
-        if text is None:
-            return None
-        box = lens.parse_box(text)
-        if box is None or len(box) != 4 or not all(math.isfinite(float(v)) for v in box):
-            return None
-        return tuple(float(v) for v in box)
-    except Exception:  # a completion never makes the reward raise
-        return None
+    text = completion_text(completion)
+    return None if text is None else lens.parse_box(text)
 
 
 def _box_ious(completions: list[Any], gt: list[list[float]]) -> tuple[list[float], list[Any]]:
@@ -585,7 +577,7 @@ def _box_ious(completions: list[Any], gt: list[list[float]]) -> tuple[list[float
         pred = torch.tensor([parsed[i] for i in idx], dtype=torch.float64)
         truth = torch.tensor([gt[i] for i in idx], dtype=torch.float64)
         for i, v in zip(idx, lens.box_iou(pred, truth).tolist()):
-            ious[i] = float(v) if math.isfinite(v) else 0.0
+            ious[i] = v
     return ious, parsed
 
 
@@ -617,13 +609,12 @@ def metrics(
     box_ious, parsed = _box_ious(completions, gt)
     mask_ious = []
     for p, rle in zip(parsed, mask):
+        truth = lens.rle_decode(rle)
         if p is None:
             mask_ious.append(0.0)
             continue
-        truth = lens.rle_decode(rle).bool()
-        pred = lens.rasterize_box(p, truth.shape[0], truth.shape[1]).bool()
-        union = int((pred | truth).sum())
-        mask_ious.append(int((pred & truth).sum()) / union if union else 0.0)
+        pred = lens.rasterize_box(p, truth.shape[0], truth.shape[1])
+        mask_ious.append(float(lens.mask_iou(pred[None], truth[None])[0]))
     formats = lens.format_reward(prompts, completions, box=box, mask=mask)
     return {
         "format_rate": sum(float(f) for f in formats) / n,
