@@ -31,11 +31,18 @@ Deviations from the paper, and why:
   same minibatches. The two networks share nothing, so only the order of independent updates differs.
 - The reference model is a frozen copy of the policy's starting weights (or the PEFT model with its adapter
   disabled) that also gives the segmenter its entropies, so the reward model's segments cost no extra model.
-- Multi-process runs: the value model is wrapped for data parallelism by ``accelerate``; the critic-free baseline
-  needs each prompt's ``num_generations`` completions on one process.
 
 A row whose dense or holistic reward is NaN is skipped (zero advantage, out of the loss and of the value model's
 targets) and counted in ``dense/skipped_rows``.
+
+Multi-process (``accelerate launch``; docs/SCALING.md): each process scores, values and shapes the rewards of its
+slice of the global batch. The value model is wrapped for data parallelism by ``accelerate`` (DDP): each process
+fits its own rows, all making the same number of minibatch steps, and each process's token-mean loss is weighted by
+its share of the minibatch's tokens, so that DDP's average is the gradient of the token mean over all processes.
+The critic-free baseline gathers the rewards of the global batch (a prompt's group may span processes) and keeps
+this process's rows. Whitening uses moments summed over processes; the ``dense/*`` and ``value/*`` metrics are
+global (sums or ratios of sums), a source's own per-batch metrics are averaged over processes. Only the main
+process saves the value model.
 
 Metrics: ``dense/reward`` (mean summed dense reward per completion), ``dense/kl`` (mean k1 per token),
 ``dense/skipped_rows``, the source's metrics (``segments/*``, ``critic/*``), and with a value model ``value/loss``,
@@ -49,7 +56,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
-from accelerate.utils import is_peft_model
+from accelerate.utils import gather_object, is_peft_model
 from trl import GRPOConfig
 from trl.trainer.utils import create_model_from_path, disable_dropout_in_model, use_adapter
 
@@ -188,9 +195,7 @@ class DenseRewardTrainer(TokenCountingGRPOTrainer):
                 holistic_rewards=holistic,
             )
             token_rewards = self.dense_rewards(rollout).to(logps.device).masked_fill(~mask, 0.0)
-            for name, values in getattr(self.dense_rewards, "metrics", {}).items():
-                metrics[name].extend(values)
-                values.clear()
+            self._log_source_metrics(mode)
         last = (mask.long().cumsum(dim=1) == mask.sum(dim=1, keepdim=True)) & mask
         token_rewards = token_rewards + last * holistic.nan_to_num(0.0)[:, None]
 
@@ -202,16 +207,41 @@ class DenseRewardTrainer(TokenCountingGRPOTrainer):
         if args.advantage_estimator == "gae":
             advantages = self._gae_and_value_update(input_ids, attention_mask, num_tokens, rewards, loss_mask, mode)
         else:
-            advantages = adv.dense_group_advantages(rewards, loss_mask, self.num_generations, gamma=args.gamma)
-            advantages = advantages.masked_fill(~loss_mask, 0.0)
+            advantages = self._group_advantages(rewards, loss_mask)
         self._set_token_advantages(output, advantages, loss_mask, args.whiten_advantages)
 
         kept = loss_mask.any(dim=1)
-        metrics["dense/skipped_rows"].append(skipped.sum().item())
-        if kept.any():
-            metrics["dense/reward"].append((token_rewards * loss_mask).sum(dim=1)[kept].mean().item())
-            metrics["dense/kl"].append(((logps - ref_logps) * loss_mask).sum().item() / loss_mask.sum().item())
+        self._log_global(
+            mode,
+            ratios={"dense/reward": ((token_rewards * loss_mask).sum(dim=1)[kept].sum().item(), kept.sum().item()),
+                    "dense/kl": (((logps - ref_logps) * loss_mask).sum().item(), loss_mask.sum().item())},
+            totals={"dense/skipped_rows": skipped.sum().item()},
+        )
         return output
+
+    def _log_source_metrics(self, mode: str) -> None:
+        """Move the dense source's own metrics (per-batch values) into the trainer's, averaged over processes."""
+        source = getattr(self.dense_rewards, "metrics", {})
+        names = sorted(source)
+        if self.accelerator.num_processes > 1:  # a source may log a name on some processes only
+            names = sorted(set(gather_object(names)))
+        self._log_global(mode, ratios={name: (sum(source.get(name, [])), len(source.get(name, []))) for name in names})
+        for values in source.values():
+            values.clear()
+
+    def _group_advantages(self, rewards: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """The critic-free advantages of this process's rows, computed over the global batch: TRL's sampler keeps
+        a prompt's ``num_generations`` completions together in the global batch, not on one process."""
+        acc, gamma = self.accelerator, self.args.gamma
+        if acc.num_processes == 1:
+            advantages = adv.dense_group_advantages(rewards, mask, self.num_generations, gamma=gamma)
+            return advantages.masked_fill(~mask, 0.0)
+        rows, width = rewards.shape
+        all_rewards = acc.gather(acc.pad_across_processes(rewards, dim=1))  # right-padded, as completions are
+        all_mask = acc.gather(acc.pad_across_processes(mask.long(), dim=1)).bool()
+        advantages = adv.dense_group_advantages(all_rewards, all_mask, self.num_generations, gamma=gamma)
+        local = slice(acc.process_index * rows, (acc.process_index + 1) * rows)
+        return advantages[local, :width].masked_fill(~mask, 0.0)
 
     def _gae_and_value_update(self, input_ids, attention_mask, num_tokens, rewards, mask, mode) -> torch.Tensor:
         """GAE advantages from the value model's values at rollout time, then its fit to the returns."""
@@ -222,31 +252,50 @@ class DenseRewardTrainer(TokenCountingGRPOTrainer):
         advantages, returns = adv.gae(rewards, old_values, mask, gamma=args.gamma, lam=args.lam)
         if mode == "train":
             self._fit_value_model(input_ids, attention_mask, num_tokens, old_values, returns, mask)
-        residual = (returns - old_values)[mask]
-        target = returns[mask]
-        if target.numel() > 1:
-            self._metrics[mode]["value/explained_variance"].append(
-                (1 - residual.var() / target.var().clamp(min=1e-8)).item()
-            )
+        # 1 - var(residual) / var(target) over the global batch's tokens, from moments summed over processes.
+        moments = torch.cat([adv.masked_moments(returns - old_values, mask), adv.masked_moments(returns, mask)])
+        if self.accelerator.num_processes > 1:
+            moments = self.accelerator.reduce(moments, "sum")
+        count, residual_sum, residual_squares, _, target_sum, target_squares = moments.cpu().tolist()
+        if count > 1:
+            residual_var = (residual_squares - residual_sum**2 / count) / (count - 1)
+            target_var = (target_squares - target_sum**2 / count) / (count - 1)
+            self._metrics[mode]["value/explained_variance"].append(1 - residual_var / max(target_var, 1e-8))
         return advantages
 
     def _fit_value_model(self, input_ids, attention_mask, num_tokens, old_values, returns, mask) -> None:
-        args, metrics = self.args, self._metrics["train"]
+        args, acc, stats = self.args, self.accelerator, []
         self.value_model.train()
         for _ in range(args.num_iterations):
             for rows in torch.randperm(input_ids.shape[0]).split(args.per_device_train_batch_size):
                 values = completion_token_scores(self.value_model, input_ids[rows], attention_mask[rows], num_tokens, shift=1)
                 loss, clip_fraction = clipped_value_loss(values, old_values[rows], returns[rows], mask[rows],
                                                          args.value_clip)
+                tokens = mask[rows].sum().float()
+                if acc.num_processes > 1:
+                    # DDP averages the processes' gradients; weighting each token mean by its share of the
+                    # minibatch's tokens makes that average the gradient of the token mean over all processes.
+                    # (Every process makes the same number of minibatch steps, so the collectives pair up.)
+                    share = tokens * acc.num_processes / acc.reduce(tokens.to(acc.device), "sum").clamp(min=1)
+                    loss_for_gradient = loss * share.to(loss.device)
+                else:
+                    loss_for_gradient = loss
                 self.value_optimizer.zero_grad(set_to_none=True)
-                loss.backward()
+                loss_for_gradient.backward()
                 if args.max_grad_norm:
                     torch.nn.utils.clip_grad_norm_(self.value_model.parameters(), args.max_grad_norm)
                 self.value_optimizer.step()
-                metrics["value/loss"].append(loss.item())
-                metrics["value/clipfrac"].append(clip_fraction.item())
+                stats.append([loss.item() * tokens.item(), clip_fraction.item() * tokens.item(), tokens.item()])
+        # Token means over all processes, minibatch by minibatch: one collective.
+        stats = torch.tensor(stats, dtype=torch.float64, device=acc.device).view(-1, 3)
+        if acc.num_processes > 1:
+            stats = acc.reduce(stats, "sum")
+        count = stats[:, 2].clamp(min=1)
+        self._metrics["train"]["value/loss"].extend((stats[:, 0] / count).tolist())
+        self._metrics["train"]["value/clipfrac"].extend((stats[:, 1] / count).tolist())
 
     def save_value_model(self, path) -> None:
-        """Save the value model (safetensors) next to the policy, e.g. to resume or inspect its values."""
-        if self.value_model is not None:
+        """Save the value model (safetensors) next to the policy, e.g. to resume or inspect its values (main process
+        only)."""
+        if self.value_model is not None and self.args.should_save:
             self.accelerator.unwrap_model(self.value_model).save_pretrained(path, safe_serialization=True)

@@ -41,12 +41,27 @@ Deviations from the paper and the released code, and why:
   their advantages.
 - Reward functions must be Python callables (TRL's signature); reward *models* are not supported for the MC
   scoring here, since TRL's reward-model path gathers across processes, which unequal MC batch sizes would break.
-- MC continuations are sampled from the generation-time policy, in chunks of ``mc_batch_size`` sequences; on
-  several processes each process values its own completions (no cross-process prefix dedup).
+- MC continuations are sampled from the generation-time policy, in chunks of ``mc_batch_size`` sequences.
 - Tree mode: HF generation only for now (vLLM would need a per-call token cap). The optional replay buffer
   (``replay_iterations``, off by default) keeps up to ``replay_per_prompt`` examples per prompt of each earlier
   iteration, as the released code does. The number of examples varies from batch to batch; it is trimmed to a
   multiple of ``steps_per_generation``, which TRL splits it into.
+
+Multi-process (``accelerate launch``; docs/SCALING.md): each process samples and scores its slice of the global
+batch, as TRL's GRPO does. Chain: the processes gather their segment-start states, deduplicate them over the global
+batch (first occurrence in process order) and split the distinct states into contiguous blocks of equal size (±1);
+each process rolls out its block and the values are all-gathered, so every distinct state is rolled out exactly
+once. With vLLM, ZeRO-3 or FSDP (:attr:`~segrl.trainers.grpo.TokenCountingGRPOTrainer._generation_in_lockstep`)
+the blocks are padded to equal size with a repeat whose rollouts are discarded (counted as generated tokens), since
+there every process must make the same generate calls. The probability mask's fallback is decided over the global
+batch, and whitening uses global moments; the ``segments/*`` metrics are global (sums or ratios of sums over
+processes, times the slowest process's). Tree: each process grows the trees of its own prompts, so each process's
+generation batch (``per_device_train_batch_size`` x ``steps_per_generation``) must hold whole groups of
+``num_generations``; the number of training examples then differs between processes, which TRL's default
+``loss_type="dapo"`` (normalised by the global token count) handles exactly, while per-process normalisations
+weigh processes equally. Tree mode needs DDP or ZeRO-1/2 (its generate and forward calls differ between
+processes). Given the same completions and MC values, the advantages equal a single-process run's
+(tests/test_multiprocess.py).
 
 Metrics (under ``segments/``; chain): ``per_completion`` (mean segments per completion), ``mean_length`` (tokens),
 ``mc_states`` (states valued), ``dedup_rate`` (fraction of requested states that were duplicates), ``mc_tokens``
@@ -67,6 +82,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
+from accelerate.utils import gather_object
 from torch import nn
 from trl import GRPOConfig
 from trl.data_utils import is_conversational
@@ -153,6 +169,14 @@ class SPOConfig(GRPOConfig):
         if self.spo_mode == "tree" and self.use_vllm:
             raise UserError("SPO-tree runs with HF generation for now (use_vllm is supported in chain mode)")
         super().__post_init__()
+        local_batch = self.per_device_train_batch_size * self.steps_per_generation
+        if self.spo_mode == "tree" and local_batch % self.num_generations:
+            # Each process grows the trees of the prompts it was given: a group split between processes would
+            # become two trees of the same prompt (and the wrong rows would be taken as roots).
+            raise UserError(
+                f"SPO-tree needs whole groups on every process: per_device_train_batch_size x steps_per_generation "
+                f"({local_batch}) must be a multiple of num_generations ({self.num_generations})"
+            )
 
 
 class SPOTrainer(TokenCountingGRPOTrainer):
@@ -162,6 +186,9 @@ class SPOTrainer(TokenCountingGRPOTrainer):
         super().__init__(*args, **kwargs)
         if any(isinstance(func, nn.Module) for func in self.reward_funcs):
             raise UserError("SPOTrainer scores Monte Carlo rollouts with Python reward functions only")
+        if self.args.spo_mode == "tree" and self._generation_in_lockstep:
+            raise UserError("SPO-tree on several processes needs DDP or DeepSpeed ZeRO-1/2: its trees make different "
+                            "generate and forward calls on each process, which ZeRO-3 and FSDP cannot run")
         self.last_example: dict | None = None  # one completion of the latest batch, with its advantages
         self._replay = deque(maxlen=self.args.replay_iterations)  # tree mode: earlier iterations' examples
 
@@ -175,7 +202,6 @@ class SPOTrainer(TokenCountingGRPOTrainer):
         output = super()._generate_and_score_completions(inputs)
         args, device = self.args, self.accelerator.device
         mode = "train" if self.model.training else "eval"
-        self._metrics[mode]["segments/time/generation_seconds"].append(time.perf_counter() - start)
         prompt_ids, prompt_mask = output["prompt_ids"], output["prompt_mask"]
         completion_ids, completion_mask = output["completion_ids"], output["completion_mask"]
         completion_mask = completion_mask.bool()
@@ -200,23 +226,30 @@ class SPOTrainer(TokenCountingGRPOTrainer):
             estimate_at = None
         boundaries = adv.chain_boundaries(segment_ids, estimate_at)
 
+        generation_seconds = time.perf_counter() - start
         start = time.perf_counter()
         values, mc_stats = self._estimate_values(inputs, prompt_ids, prompt_mask, completion_ids, boundaries)
-        self._metrics[mode]["segments/time/mc_seconds"].append(time.perf_counter() - start)
+        mc_seconds = time.perf_counter() - start
         if mode == "train":
-            self.count_generated(int(mc_stats["mc_tokens"]))
+            mc_stats["mc_tokens"] = float(self.count_generated(int(mc_stats["mc_tokens"])))  # summed over processes
             self._metrics[mode]["tokens/generated"] = [self.generated_tokens]
+        else:
+            mc_stats["mc_tokens"] = self.accelerator.reduce(
+                torch.tensor(mc_stats["mc_tokens"], device=device), "sum").item()
 
         baseline = group_baseline if args.segment0_baseline == "group_mean" else None
         token_advantages = adv.chain_advantages(boundaries.start_values(values), final_rewards, segment_ids, baseline)
         self._finish(output, inputs, token_advantages, token_probs, segment_ids, final_rewards)
         lengths = seg.segment_lengths(segment_ids).float()
-        metrics = self._metrics[mode]
-        metrics["segments/per_completion"].append(seg.num_segments(segment_ids).float().mean().item())
-        metrics["segments/mean_length"].append((lengths.sum() / (lengths > 0).sum().clamp(min=1)).item())
-        metrics["segments/policy_tokens"].append(completion_mask.sum().item())
-        for name, value in mc_stats.items():
-            metrics[f"segments/{name}"].append(value)
+        self._log_global(
+            mode,
+            ratios={"segments/per_completion": (seg.num_segments(segment_ids).sum().item(), len(segment_ids)),
+                    "segments/mean_length": (lengths.sum().item(), (lengths > 0).sum().item())},
+            totals={"segments/policy_tokens": completion_mask.sum().item()},
+            maxima={"segments/time/generation_seconds": generation_seconds, "segments/time/mc_seconds": mc_seconds},
+        )
+        for name, value in mc_stats.items():  # already global
+            self._metrics[mode][f"segments/{name}"].append(value)
         return output
 
     def _finish(self, output, inputs, token_advantages, token_probs, segment_ids, final_rewards) -> None:
@@ -226,13 +259,18 @@ class SPOTrainer(TokenCountingGRPOTrainer):
         loss_mask, fell_back = adv.probability_mask(
             token_probs, completion_mask, args.cutpoint_threshold, enabled=args.use_prob_mask
         )
+        if args.use_prob_mask and self.accelerator.num_processes > 1:
+            # Fall back to all tokens only when the *global* batch has no low-probability token, as one process
+            # holding it would; a process without one then trains on none of its tokens.
+            passed = self.accelerator.reduce(torch.tensor(float(not fell_back), device=completion_mask.device), "sum")
+            if fell_back and passed.item() > 0:
+                loss_mask, fell_back = torch.zeros_like(completion_mask), False
         self.last_example = self._example(inputs, output["completion_ids"], completion_mask, segment_ids,
                                           token_advantages * loss_mask, final_rewards)
         self._set_token_advantages(output, token_advantages, loss_mask, args.whiten_advantages)
-        self._metrics[mode]["segments/masked_in_fraction"].append(
-            (loss_mask.sum() / completion_mask.sum().clamp(min=1)).item()
-        )
-        self._metrics[mode]["segments/mask_fallback"].append(float(fell_back))
+        masked_in, tokens = loss_mask.sum().item(), completion_mask.sum().item()
+        self._log_global(mode, ratios={"segments/masked_in_fraction": (masked_in, tokens)})
+        self._metrics[mode]["segments/mask_fallback"].append(float(fell_back))  # the same on every process
 
     def _example(self, inputs, completion_ids, completion_mask, segment_ids, advantages, final_rewards) -> dict:
         """One completion of the batch (the first with a non-zero advantage) for reports: its token pieces, segment
@@ -285,40 +323,63 @@ class SPOTrainer(TokenCountingGRPOTrainer):
             return self._get_per_token_logps_and_entropies(self.model, *args, batch_size=batch_size)[0]
 
     def _estimate_values(self, inputs, prompt_ids, prompt_mask, completion_ids, boundaries) -> tuple[torch.Tensor, dict]:
-        """Monte Carlo value of every boundary state: the mean reward of ``num_mc_samples`` continuations."""
-        args, n = self.args, self.args.num_mc_samples
-        states: dict[tuple[int, ...], int] = {}  # prefix token ids -> index of its unique state
-        state_of_boundary, state_rows, state_prefix_len = [], [], []
-        for row, prefix_len in zip(boundaries.row.tolist(), boundaries.prefix_length.tolist()):
-            prompt = prompt_ids[row][prompt_mask[row].bool()].tolist()
-            key = tuple(prompt + completion_ids[row, :prefix_len].tolist())
-            if key not in states:
-                states[key] = len(states)
-                state_rows.append(row)
-                state_prefix_len.append(prefix_len)
-            state_of_boundary.append(states[key])
-        prefixes = list(states)
+        """Monte Carlo value of every boundary state: the mean reward of ``num_mc_samples`` continuations.
 
-        state_values, mc_tokens = [], 0
-        for chunk_start in range(0, len(prefixes), max(1, args.mc_batch_size // n)):
-            chunk = range(chunk_start, min(chunk_start + max(1, args.mc_batch_size // n), len(prefixes)))
-            repeated = [list(prefixes[i]) for i in chunk for _ in range(n)]
-            continuations, _ = self._generate_single_turn(repeated, None, {}, n)
+        Identical states are valued once over the global batch: the processes gather their distinct states, keep
+        each state's first occurrence in process order, and split the result into contiguous blocks of equal size
+        (±1); each process rolls out its block, and the values are all-gathered. Returns this process's boundary
+        values and global statistics (``mc_tokens``: generated on this process)."""
+        args, n, acc = self.args, self.args.num_mc_samples, self.accelerator
+        # This process's states: key (prompt + completion prefix ids) -> (input row for the reward, completion prefix).
+        local: dict[tuple[int, ...], tuple[dict, list[int]]] = {}
+        keys = []
+        for row, prefix_len in zip(boundaries.row.tolist(), boundaries.prefix_length.tolist()):
+            prefix = completion_ids[row, :prefix_len].tolist()
+            key = tuple(prompt_ids[row][prompt_mask[row].bool()].tolist() + prefix)
+            keys.append(key)
+            local.setdefault(key, (inputs[row], prefix))
+        requested = len(keys)
+        per_process = [list(local.items())]
+        if acc.num_processes > 1:
+            per_process = gather_object(per_process)  # one list per process, in process order
+            requested = int(acc.reduce(torch.tensor(float(requested), device=acc.device), "sum").item())
+        states: dict[tuple[int, ...], tuple[dict, list[int]]] = {}
+        for items in per_process:
+            for key, payload in items:
+                states.setdefault(key, payload)
+        unique = list(states)  # the same list on every process
+        index_of = {key: i for i, key in enumerate(unique)}
+        # Contiguous blocks: process p values unique[block[p]:block[p + 1]].
+        procs, me = acc.num_processes, acc.process_index
+        block = [len(unique) * p // procs for p in range(procs + 1)]
+        width = max(block[p + 1] - block[p] for p in range(procs))
+        mine = list(range(block[me], block[me + 1]))
+        if self._generation_in_lockstep and unique:  # same calls everywhere: pad with a repeat, rollouts discarded
+            mine += [mine[0] if mine else 0] * (width - len(mine))
+
+        own_values, mc_tokens, chunk = [], 0, max(1, args.mc_batch_size // n)
+        for chunk_start in range(0, len(mine), chunk):
+            batch = [unique[i] for i in mine[chunk_start : chunk_start + chunk]]
+            continuations, _ = self._generate_single_turn([list(key) for key in batch for _ in range(n)], None, {}, n)
             mc_tokens += sum(len(c) for c in continuations)
-            rows = [state_rows[i] for i in chunk for _ in range(n)]
-            prefix_lens = [state_prefix_len[i] for i in chunk for _ in range(n)]
-            full_ids = [completion_ids[r, :p].tolist() + list(c) for r, p, c in zip(rows, prefix_lens, continuations)]
-            scores = self._score([inputs[r] for r in rows], full_ids)
-            state_values.append(scores.view(-1, n).mean(dim=1))
-        values = torch.cat(state_values) if state_values else torch.zeros(0)
-        requested = len(state_of_boundary)
+            payloads = [states[key] for key in batch for _ in range(n)]
+            full_ids = [prefix + list(c) for (_, prefix), c in zip(payloads, continuations)]
+            scores = self._score([row for row, _ in payloads], full_ids)
+            own_values.append(scores.view(-1, n).mean(dim=1))
+        own = block[me + 1] - block[me]
+        values = torch.cat(own_values)[:own] if own_values else torch.zeros(0)
+        if acc.num_processes > 1 and unique:
+            padded = torch.zeros(width, device=acc.device)
+            padded[:own] = values.to(acc.device)
+            gathered = acc.gather(padded).view(procs, width).cpu()
+            values = torch.cat([gathered[p, : block[p + 1] - block[p]] for p in range(procs)])
         stats = {
-            "mc_states": float(len(prefixes)),
-            "dedup_rate": (requested - len(prefixes)) / requested if requested else 0.0,
+            "mc_states": float(len(unique)),
+            "dedup_rate": (requested - len(unique)) / requested if requested else 0.0,
             "mc_tokens": float(mc_tokens),
         }
-        index = torch.tensor(state_of_boundary, dtype=torch.long)
-        return values[index].to(self.accelerator.device), stats
+        index = torch.tensor([index_of[key] for key in keys], dtype=torch.long)
+        return values[index].to(acc.device), stats
 
     def _score(self, rows: list[dict], full_ids: list[list[int]]) -> torch.Tensor:
         """Reward (weighted sum of the reward functions) of each completion ``full_ids[i]`` (token ids from the start
@@ -434,14 +495,16 @@ class SPOTrainer(TokenCountingGRPOTrainer):
         tree_tokens = sum(len(s) for s in segment)
         if mode == "train":
             self.count_generated(tree_tokens)
-        metrics = self._metrics[mode]
-        metrics["tokens/generated"] = [self.generated_tokens]
+        self._metrics[mode]["tokens/generated"] = [self.generated_tokens]
         leaf_values = [r for r in leaf_reward if r == r]  # not NaN
-        metrics["reward"].append(sum(leaf_values) / max(1, len(leaf_values)))
-        metrics["segments/tree_nodes"].append(float(len(parent) - len(roots)))
-        metrics["segments/tree_examples"].append(float(len(records)))
-        metrics["segments/replayed_examples"].append(float(len(batch) - len(records)))
-        metrics["segments/policy_tokens"].append(float(tree_tokens))
-        metrics["segments/mean_length"].append(completion_mask.sum().item() / len(batch))
-        metrics["segments/time/tree_seconds"].append(time.perf_counter() - start)
+        self._log_global(
+            mode,
+            ratios={"reward": (sum(leaf_values), len(leaf_values)),
+                    "segments/mean_length": (completion_mask.sum().item(), len(batch))},
+            totals={"segments/tree_nodes": float(len(parent) - len(roots)),
+                    "segments/tree_examples": float(len(records)),
+                    "segments/replayed_examples": float(len(batch) - len(records)),
+                    "segments/policy_tokens": float(tree_tokens)},
+            maxima={"segments/time/tree_seconds": time.perf_counter() - start},
+        )
         return output
