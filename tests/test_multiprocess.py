@@ -86,7 +86,8 @@ def _record_cli(argv: list[str]) -> None:
 def _fake_generate(trainer, log: list | None = None):
     """A deterministic ``_generate_single_turn``: the k-th occurrence of a context in a call continues it with
     tokens drawn from a generator seeded by (context, k mod 2): two distinct continuations per context, so that
-    completions of a prompt repeat (duplicate states, also across processes). Respects the current token cap."""
+    completions of a prompt repeat (duplicate states, also across processes). Respects the current token cap the
+    way a sampler does: the same stream of tokens, cut at the cap."""
     vocab = [t for t in range(2, 60) if t not in trainer.eos_token_ids]
     eos = trainer.eos_token_ids[0]
 
@@ -97,10 +98,10 @@ def _fake_generate(trainer, log: list | None = None):
             key = tuple(ids)
             rng = random.Random(repr((key, seen[key] % 2)))
             seen[key] += 1
-            tokens = [rng.choice(vocab) for _ in range(rng.randint(1, cap))]
+            tokens = [rng.choice(vocab) for _ in range(rng.randint(1, trainer.max_completion_length))]
             if rng.random() < 0.7:
                 tokens[-1] = eos
-            out.append(tokens)
+            out.append(tokens[:cap])
         if log is not None and getattr(trainer, "_in_mc", False):
             log.append([list(ids) for ids in prompt_ids])  # one entry per call
         return out, None

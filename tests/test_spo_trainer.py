@@ -154,9 +154,14 @@ def test_tree_mode_with_a_kl_term_uses_reference_logprobs(parts):
     out = rollout(spo)
     # Before any update the policy is the reference: identical log-probs, so the KL term starts at 0.
     torch.testing.assert_close(out["ref_per_token_logps"], out["old_per_token_logps"])
+    for parameter in spo.model.parameters():  # the policy moves, the reference must not
+        parameter.data.add_(0.05)
+    moved = rollout(spo)
+    mask = moved["completion_mask"].bool()
+    assert (moved["ref_per_token_logps"] - moved["old_per_token_logps"])[mask].abs().max() > 1e-3
     spo.train()
     kls = [log["kl"] for log in spo.state.log_history if "kl" in log]
-    assert len(kls) == 2 and kls[0] == pytest.approx(0.0, abs=1e-6) and kls[1] > 0
+    assert len(kls) == 2 and all(kl > 0 for kl in kls)  # the policy was moved before training
 
 
 def test_tree_replay_buffer_adds_earlier_examples_with_their_old_logprobs(parts):

@@ -94,9 +94,12 @@ class RunLogger(TrainerCallback):
         self.start += time.perf_counter() - eval_start
         self.last_eval_step = state.global_step
         budget = f"/{self.max_generated_tokens:,}" if self.max_generated_tokens else ""
-        print(f"step {state.global_step:>4}  generated {self.generated_tokens:,}{budget} tokens  "
-              f"held-out accuracy {scores['eval/accuracy']:.3f} (greedy {scores['eval/accuracy_greedy']:.3f})  "
-              f"train {time.perf_counter() - self.start:.0f}s, eval {time.perf_counter() - eval_start:.0f}s", flush=True)
+        task_metrics = "".join(f"  {name} {value:.3f}" for name, value in sampled.items() if name != "accuracy")
+        if state.is_world_process_zero:
+            print(f"step {state.global_step:>4}  generated {self.generated_tokens:,}{budget} tokens  "
+                  f"held-out accuracy {scores['eval/accuracy']:.3f} (greedy {scores['eval/accuracy_greedy']:.3f})"
+                  f"{task_metrics}  train {time.perf_counter() - self.start:.0f}s, "
+                  f"eval {time.perf_counter() - eval_start:.0f}s", flush=True)
         state.log_history.append(self._write(state, scores))
 
     def on_train_begin(self, args, state, control, model=None, processing_class=None, **kwargs):

@@ -77,7 +77,7 @@ from __future__ import annotations
 
 import time
 from collections import deque
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -213,7 +213,10 @@ class SPOTrainer(TokenCountingGRPOTrainer):
         group_baseline = adv.group_means(final_rewards, self.num_generations)[local]
         final_rewards = final_rewards[local]
 
-        token_probs = self._sampling_token_probs(output)
+        # p_t serves the cutpoints and the probability mask only; without both (GRPO reproduced by SPO, the fixed and
+        # delimiter ablations without the mask) its forward pass is skipped.
+        needs_probs = args.partition == "cutpoint" or args.use_prob_mask
+        token_probs = self._sampling_token_probs(output) if needs_probs else None
         if args.partition == "cutpoint":
             segment_ids = seg.cutpoint_segments(token_probs, completion_mask, args.cutpoint_threshold, args.cutpoint_interval)
             estimate_at = seg.low_probability_mask(token_probs, completion_mask, args.cutpoint_threshold)
@@ -347,7 +350,9 @@ class SPOTrainer(TokenCountingGRPOTrainer):
         for items in per_process:
             for key, payload in items:
                 states.setdefault(key, payload)
-        unique = list(states)  # the same list on every process
+        # The same list on every process, shortest prefix first: a chunk of states with similar prefixes has about
+        # the same room left before max_completion_length, which caps its rollouts.
+        unique = sorted(states, key=lambda key: len(states[key][1]))
         index_of = {key: i for i, key in enumerate(unique)}
         # Contiguous blocks: process p values unique[block[p]:block[p + 1]].
         procs, me = acc.num_processes, acc.process_index
@@ -360,7 +365,12 @@ class SPOTrainer(TokenCountingGRPOTrainer):
         own_values, mc_tokens, chunk = [], 0, max(1, args.mc_batch_size // n)
         for chunk_start in range(0, len(mine), chunk):
             batch = [unique[i] for i in mine[chunk_start : chunk_start + chunk]]
-            continuations, _ = self._generate_single_turn([list(key) for key in batch for _ in range(n)], None, {}, n)
+            # A continuation longer than the room left scores 0 (truncated) whatever it holds, so none is sampled
+            # past the room of the chunk's shortest prefix (in lockstep every process keeps the same calls instead).
+            room = self.max_completion_length - min(len(states[key][1]) for key in batch)
+            with nullcontext() if self._generation_in_lockstep else self._max_new_tokens(room):
+                continuations, _ = self._generate_single_turn([list(key) for key in batch for _ in range(n)], None,
+                                                              {}, n)
             mc_tokens += sum(len(c) for c in continuations)
             payloads = [states[key] for key in batch for _ in range(n)]
             full_ids = [prefix + list(c) for (_, prefix), c in zip(payloads, continuations)]
@@ -403,7 +413,8 @@ class SPOTrainer(TokenCountingGRPOTrainer):
 
     @contextmanager
     def _max_new_tokens(self, limit: int):
-        """Generate at most ``limit`` tokens per sequence inside the block (the tree's segment cap)."""
+        """Generate at most ``limit`` tokens per sequence inside the block (HF generation; MC rollouts and tree
+        levels use it to sample no token that could not count)."""
         previous = self.generation_config.max_new_tokens
         self.generation_config.max_new_tokens = limit
         try:
@@ -429,7 +440,10 @@ class SPOTrainer(TokenCountingGRPOTrainer):
             requests = [node for node in open_nodes for _ in range(branching)]
             contexts = [list(root_prompt_ids[root_of[n]]) + prefix[n] + segment[n] for n in requests]
             continuations = []
-            with self._max_new_tokens(self.max_completion_length if last else args.segment_length):
+            # Open nodes at this depth all hold depth x M completion tokens (a shorter segment ended the branch), so
+            # the room left is the same for all: generating no more keeps every sampled token, and counted.
+            room = self.max_completion_length - depth * args.segment_length
+            with self._max_new_tokens(room if last else min(args.segment_length, room)):
                 for chunk in range(0, len(contexts), args.mc_batch_size):
                     batch = contexts[chunk : chunk + args.mc_batch_size]
                     continuations += self._generate_single_turn(batch, None, {}, 1)[0]
