@@ -30,7 +30,7 @@ REWARDS = ("format_reward", "box_iou_reward", "mask_iou_reward")
 def run_arm(arm: str, seed: int, steps: int, out: Path) -> None:
     if (out / "final").is_dir():
         return
-    command = [sys.executable, "-m", "segrl.cli", "train", "grpo", "--config", "configs/grounding_grpo.yaml",
+    command = [str(Path(sys.executable).parent / "segrl"), "train", "grpo", "--config", "configs/grounding_grpo.yaml",
                "--seed", str(seed), "--max_steps", str(steps), "--output_dir", str(out),
                "--reward_weights", *ARMS[arm].split()]
     print(f"== {arm} seed {seed}: {' '.join(command[1:])}", flush=True)

@@ -13,9 +13,14 @@ Each arm trains on the same model, data (arith prompts), batch, completion lengt
   group-mean baseline for it (so A = R - mean, as above), no probability mask, no whitening, hence no Monte Carlo
   rollout; everything else of the segment machinery runs (partition, boundaries, advantages, metrics);
 - ``spo-chain``: SPO-chain as in the quickstart (cutpoints, 4 MC samples per state);
-- ``spo-tree``: SPO-tree as in the quickstart (3-3-3 trees of 10-token segments).
+- ``spo-tree``: SPO-tree as in the quickstart (3-3-3 trees of 10-token segments);
+- ``dense-gae``: the dense-reward trainer with PPO's value model (GAE) on the task's reward at the last token
+  (no segment reward model: its cost is the value model's).
 
-Overhead of the segment machinery = step(spo-as-grpo) / step(trl-grpo) - 1 (target: <= 5%). MC throughput: the
+Overhead of the segment machinery: the seconds per step spent in segrl's own batch code around GRPO's sampling and
+scoring (``segrl s``: SPO's batch method minus the GRPO one it wraps, minus MC rollouts), as a share of the step
+(target: <= 5%); and end to end, step(spo-as-grpo) / step(trl-grpo) - 1, which also moves with the sampled
+completion lengths (``length``) once the two policies' samples differ. MC throughput: the
 MC rollout tokens per second of ``spo-chain`` (``segments/mc_tokens`` over ``segments/time/mc_seconds``) against
 the plain sampling throughput of the same run (its completion tokens over the seconds of TRL's generation, which
 also scores and computes log-probs), target >= 90%.
@@ -40,7 +45,7 @@ import tempfile
 import time
 from pathlib import Path
 
-ARMS = ("trl-grpo", "segrl-grpo", "spo-as-grpo", "spo-chain", "spo-tree")
+ARMS = ("trl-grpo", "segrl-grpo", "spo-as-grpo", "spo-chain", "spo-tree", "dense-gae")
 
 
 def matmul_peak_flops(device: str, seconds: float = 2.0) -> float:
@@ -75,6 +80,10 @@ def config_for(arm: str, args, out: str):
                   disable_tqdm=True, seed=0, use_cpu=on_cpu, bf16=not on_cpu)
     if arm in ("trl-grpo", "segrl-grpo"):
         return GRPOConfig(**common, scale_rewards="none")
+    if arm == "dense-gae":
+        from segrl.trainers.dense import DenseRewardConfig
+
+        return DenseRewardConfig(**common, advantage_estimator="gae")
     if arm == "spo-as-grpo":
         return SPOConfig(**common, partition="fixed", segment_length=args.completion_length,
                          segment0_baseline="group_mean", use_prob_mask=False, whiten_advantages=False)
@@ -97,7 +106,10 @@ def run_arm(arm: str, args) -> dict:
     device = "cuda" if torch.cuda.is_available() else "cpu"
     task = get_task("arith")
     dataset = task.make_dataset("train", 4096, seed=0)
-    trainer_class = {"trl-grpo": GRPOTrainer, "segrl-grpo": TokenCountingGRPOTrainer}.get(arm, SPOTrainer)
+    from segrl.trainers.dense import DenseRewardTrainer
+
+    trainer_class = {"trl-grpo": GRPOTrainer, "segrl-grpo": TokenCountingGRPOTrainer,
+                     "dense-gae": DenseRewardTrainer}.get(arm, SPOTrainer)
 
     class StepTimer(TrainerCallback):
         def __init__(self):
@@ -124,9 +136,24 @@ def run_arm(arm: str, args) -> dict:
         return trainer_class(model=model, reward_funcs=[task.reward], args=config, train_dataset=dataset,
                              processing_class=tokenizer, callbacks=callbacks)
 
+    # Seconds in segrl's own batch code around GRPO's sampling and scoring (SPO chain: minus its MC rollouts).
+    spent = {"outer": [], "inner": []}
+
+    def timed(function, key):
+        def wrapper(*a, **k):
+            start = time.perf_counter()
+            result = function(*a, **k)
+            spent[key].append(time.perf_counter() - start)
+            return result
+        return wrapper
+
     with tempfile.TemporaryDirectory() as tmp:
         timer = StepTimer()
         trainer = build(tmp, args.warmup + args.steps, [timer])
+        if isinstance(trainer, SPOTrainer) and trainer.args.spo_mode == "chain":
+            trainer._generate_and_score_completions = timed(trainer._generate_and_score_completions, "outer")
+            TokenCountingGRPOTrainer._generate_and_score_completions = timed(
+                TokenCountingGRPOTrainer._generate_and_score_completions, "inner")
         if device == "cuda":
             torch.cuda.reset_peak_memory_stats()
         trainer.train()
@@ -143,6 +170,11 @@ def run_arm(arm: str, args) -> dict:
               "flops_per_step": counter.get_total_flops(), "torch_threads": torch.get_num_threads(),
               "completion_tokens_per_step": statistics.mean(
                   log.get("completions/mean_length", 0) * args.batch for log in steps)}
+    if spent["outer"]:
+        mc = [log.get("segments/time/mc_seconds", 0.0) for log in timer.logs if "loss" in log]
+        machinery = [o - i - m for o, i, m in zip(spent["outer"], spent["inner"], mc)][args.warmup:]
+        result["machinery_seconds"] = statistics.median(machinery)
+    result["mean_completion_length"] = statistics.mean(log.get("completions/mean_length", 0) for log in steps)
     if arm == "spo-chain":
         mc_tokens = sum(log.get("segments/mc_tokens", 0) for log in steps)
         mc_seconds = sum(log.get("segments/time/mc_seconds", 0) for log in steps)
@@ -189,12 +221,16 @@ def main():
     print(f"\n{args.model} on {device}, batch {args.batch}, completions <= {args.completion_length} tokens, "
           f"median of {args.steps} steps after {args.warmup}; fp32 matmul peak {peak / 1e9:.1f} GFLOP/s")
     base = results["arms"].get("trl-grpo", {}).get("step_seconds")
-    print(f"{'arm':<12} {'step s':>8} {'vs TRL':>8} {'GFLOP/step':>11} {'GFLOP/s':>8} {'of peak':>8} {'peak MiB':>9}")
+    print(f"{'arm':<12} {'step s':>8} {'vs TRL':>8} {'segrl s':>8} {'of step':>8} {'length':>7} {'GFLOP/step':>11} "
+          f"{'GFLOP/s':>8} {'of peak':>8} {'peak MiB':>9}")
     for arm, r in results["arms"].items():
         rate = r["flops_per_step"] / r["step_seconds"]
         versus = f"{r['step_seconds'] / base - 1:+.1%}" if base else "-"
-        print(f"{arm:<12} {r['step_seconds']:>8.2f} {versus:>8} {r['flops_per_step'] / 1e9:>11.1f} "
-              f"{rate / 1e9:>8.2f} {rate / peak:>8.1%} {r['peak_memory_bytes'] / 2**20:>9.0f}")
+        own = r.get("machinery_seconds")
+        own_cells = f"{own:>8.3f} {own / r['step_seconds']:>8.1%}" if own is not None else f"{'-':>8} {'-':>8}"
+        print(f"{arm:<12} {r['step_seconds']:>8.2f} {versus:>8} {own_cells} {r['mean_completion_length']:>7.1f} "
+              f"{r['flops_per_step'] / 1e9:>11.1f} {rate / 1e9:>8.2f} {rate / peak:>8.1%} "
+              f"{r['peak_memory_bytes'] / 2**20:>9.0f}")
     chain = results["arms"].get("spo-chain")
     if chain and chain["mc_seconds"] and chain["generation_seconds"]:
         mc, plain = chain["mc_tokens"] / chain["mc_seconds"], chain["policy_tokens"] / chain["generation_seconds"]
