@@ -88,6 +88,8 @@ def check_bf16_logps(model_name: str, device: str) -> dict:
 
 
 def check_spo(model_name: str, device: str, mode: str, use_vllm: bool) -> dict:
+    from transformers import PrinterCallback
+
     from segrl.models import load_model
     from segrl.tasks import get_task
     from segrl.trainers.spo import SPOConfig, SPOTrainer
@@ -106,6 +108,7 @@ def check_spo(model_name: str, device: str, mode: str, use_vllm: bool) -> dict:
                            **extra)
         trainer = SPOTrainer(model=model, reward_funcs=[task.reward], args=config, processing_class=tokenizer,
                              train_dataset=task.make_dataset("train", 64, seed=0))
+        trainer.remove_callback(PrinterCallback)
         start = time.perf_counter()
         trainer.train()
         seconds = time.perf_counter() - start
