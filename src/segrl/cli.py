@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import math
 import os
 from pathlib import Path
 from typing import Annotated, Optional
@@ -40,7 +41,9 @@ CacheOption = Annotated[
 
 
 def user_errors(command):
-    """Print a :class:`UserError` as one red line and exit with status 2, without a traceback."""
+    """Print a :class:`UserError` as one red line and exit with status 2, without a traceback; print an ``OSError``
+    that escaped the readers and writers (a full disk, a missing directory) as one line too, with status 1 (the
+    traceback goes to the log at DEBUG level)."""
 
     @functools.wraps(command)
     def wrapper(*args, **kwargs):
@@ -50,8 +53,21 @@ def user_errors(command):
             # Text, not markup: a message may hold brackets (a list, a regex) that rich would take for tags.
             status_console.print(Text.assemble(("error: ", "bold red"), str(err)), soft_wrap=True)
             raise typer.Exit(2) from None
+        except OSError as err:
+            logging.getLogger("segrl").debug("%s failed", command.__name__, exc_info=True)
+            reason = err.strerror or str(err) or type(err).__name__
+            where = f": {err.filename}" if err.filename else ""
+            status_console.print(Text.assemble(("error: ", "bold red"), f"{reason}{where}"), soft_wrap=True)
+            raise typer.Exit(1) from None
 
     return wrapper
+
+
+def _finite(**values: float | None) -> None:
+    """Raise :class:`UserError` for a float option that is NaN or infinite."""
+    for name, value in values.items():
+        if value is not None and not math.isfinite(value):
+            raise UserError(f"--{name.replace('_', '-')} must be a finite number, got {value}")
 
 
 @app.callback()
@@ -60,6 +76,11 @@ def main(verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log what
     from transformers.utils import logging as transformers_logging  # imported here to keep --help fast
 
     transformers_logging.disable_progress_bar()  # our own status lines say what is loading
+    from transformers import dynamic_module_utils
+
+    # Never run code shipped with a model: segrl passes trust_remote_code=False where it loads one, and with this a
+    # load that forgets it fails instead of asking "Do you wish to run the custom code? [y/N]" on stdin.
+    dynamic_module_utils.TIME_OUT_REMOTE_CODE = 0
 
 
 @app.command()
@@ -97,6 +118,7 @@ def segment(
 
     if method not in view.METHODS:
         raise UserError(f"Unknown --method '{method}'; expected one of {', '.join(view.METHODS)}")
+    _finite(threshold=threshold, tau_u=tau_u, rho=rho, temperature=temperature)
     if input is not None and (prompt is not None or response is not None):
         raise UserError("Give either --input or --prompt/--response, not both")
     if input is not None:
@@ -127,7 +149,7 @@ def segment(
             raise UserError(f"{input}, row {index}: {err}" if input is not None else str(err)) from None
         results.append(result)
         console.rule(f"[bold]{index}/{len(items)}[/] {view.summary(result)}")
-        console.print(f"[dim]prompt:[/] {item_prompt}", highlight=False)
+        console.print(Text.assemble(("prompt: ", "dim"), item_prompt), highlight=False)  # text, never markup
         console.print(view.render_terminal(result, colour=console.color_system is not None), highlight=False)
     write_text_atomic(html, view.render_html(results, title=f"segrl segment: {model}, {method}"))
     console.print(f"HTML page with per-token signals: [bold]{os.path.abspath(html)}[/]", highlight=False)
@@ -141,6 +163,7 @@ def _parse_trl(args: list[str], run_class, config_class, prog: str, output_dir: 
     """Parse TRL-style flags (``--config run.yaml``, ``--name value``) into (run arguments, trainer config); on a
     CPU-only machine default to ``--use_cpu true --bf16 false``; default ``--output_dir``."""
     import torch
+    import yaml
     from trl import TrlParser
 
     if not torch.cuda.is_available():  # TRL's configs default to bf16, which a CPU-only run refuses or emulates slowly
@@ -148,9 +171,27 @@ def _parse_trl(args: list[str], run_class, config_class, prog: str, output_dir: 
     if not _has_flag(args, "--output_dir"):
         args = [*args, "--output_dir", output_dir]
     try:
-        return TrlParser((run_class, config_class), prog=prog).parse_args_and_config(args=args)
+        parsed = TrlParser((run_class, config_class), prog=prog).parse_args_and_config(args=args)
     except SystemExit as exit_:  # argparse already printed its usage or error message
         raise typer.Exit(0 if exit_.code in (0, None) else 2) from None
+    except UserError:
+        raise
+    except (ValueError, TypeError, OSError, ImportError) as err:  # unknown flags, bad --config YAML, config checks
+        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        if "not used by the HfArgumentParser" in reason:
+            reason = "unknown flag(s) " + reason.split(":", 1)[1].strip() + f"; `{prog} --help` lists them"
+        raise UserError(f"{prog}: {reason}") from None
+    except yaml.YAMLError as err:  # --config is not YAML
+        raise UserError(f"{prog}: --config is not valid YAML ({' '.join(str(err).split())})") from None
+    if any(getattr(part, "trust_remote_code", False) for part in parsed):  # TRL's configs have the flag
+        raise UserError(f"{prog}: --trust_remote_code is not supported: segrl never runs code shipped with a model "
+                        "(it loads safetensors weights into transformers' own classes)")
+    for part in parsed:
+        for name, value in vars(part).items():
+            values = value if isinstance(value, (list, tuple)) else [value]
+            if any(isinstance(v, float) and not math.isfinite(v) for v in values):
+                raise UserError(f"{prog}: --{name} must be a finite number, got {value}")
+    return parsed
 
 
 @app.command(
@@ -260,6 +301,7 @@ def fit_normalizer_command(
     """Fit the reward normaliser: location-aware μ(p), σ(p) by Huber regression on ln p (global mean/std for bandit)."""
     from segrl.reward_training import fit_normalizer
 
+    _finite(sigma_floor=sigma_floor)
     with status_console.status("Scoring the held-out responses ..."):
         summary = fit_normalizer(reward_model, str(data), output, batch_size, sigma_floor)
     fitted = ", ".join(f"{k}={v:.4g}" for k, v in summary["normalizer"].items() if isinstance(v, float))
@@ -329,18 +371,19 @@ def decode(
     from segrl.decoding.run import METHODS, estimate_target_reward, run
     from segrl.decoding.sampling import SamplingConfig
     from segrl.decoding.scorers import load_scorer
-    from segrl.files import read_jsonl
+    from segrl.files import read_jsonl_numbered
     from segrl.models import load_model
     from segrl.tasks import get_task
 
     if method not in METHODS:
         raise UserError(f"--method must be one of {', '.join(METHODS)}, got {method!r}")
     if prompts is not None:
-        rows = read_jsonl(prompts, {"prompt": object})
-        for line, row in enumerate(rows, start=1):
+        rows = read_jsonl_numbered(prompts, {"prompt": object})
+        for index, (line, row) in enumerate(rows, start=1):
             if not isinstance(row["prompt"], (str, list)):
-                raise UserError(f"{prompts}, row {line}: field 'prompt' should be text or a list of messages")
-        texts = [row["prompt"] for row in rows][: num_prompts or None]
+                raise UserError(f"{prompts}, row {index} (line {line}): field 'prompt' should be text or a list of "
+                                f"messages, got {type(row['prompt']).__name__}")
+        texts = [row["prompt"] for _, row in rows][: num_prompts or None]
         reward = reward or task
     else:
         texts = [row["prompt"] for row in get_task(task).make_rows("test", num_prompts, seed)]

@@ -30,6 +30,7 @@ from pathlib import Path
 
 import torch
 from filelock import FileLock
+from safetensors import SafetensorError
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
 from segrl.errors import UserError
@@ -134,8 +135,9 @@ def _build_smollm2(out_dir: Path) -> None:
     gguf = smollm2_gguf_path()
     logger.info("Dequantising %s once (cached afterwards in %s)", gguf.name, out_dir.parent)
     start = time.perf_counter()
-    tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
-    model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
+    tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name, trust_remote_code=False)
+    model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32,
+                                                 trust_remote_code=False)  # GGUF: tensors and metadata, no pickle
     # The weights are dense float32 now; without this, save_pretrained refuses a GGUF-"quantized" model, and the
     # saved config would claim a quantisation that the safetensors do not have.
     model.hf_quantizer = None
@@ -164,11 +166,35 @@ def _from_pretrained(path: str | Path, name: str, trust_remote_code: bool, auto_
         tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
         model = auto_class.from_pretrained(path, trust_remote_code=trust_remote_code, use_safetensors=True,
                                            **model_kwargs)
-    except (OSError, ValueError) as err:
+    except (OSError, ValueError, SafetensorError) as err:  # SafetensorError: a truncated or corrupt weights file
         reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        if name == SMOLLM2 or name.startswith(TINY_PREFIX):
+            raise UserError(
+                f"The cached preset '{name}' at {path} cannot be loaded; it is damaged (delete that directory and "
+                f"it is rebuilt on the next run). Underlying error: {reason}"
+            ) from err
         raise UserError(
             f"Cannot load model '{name}': it is not a preset ({SMOLLM2}, tiny-<task>), a local model directory with "
             f"safetensors weights, or a hub id available offline (HF_HUB_OFFLINE="
             f"{os.environ.get('HF_HUB_OFFLINE', '0')}). Underlying error: {reason}"
         ) from err
     return model, tokenizer
+
+
+def load_pretrained(path: str | Path, auto_class, *, name: str | None = None, **model_kwargs):
+    """``(model, tokenizer)`` of ``auto_class`` (e.g. ``AutoModelForSequenceClassification``) at ``path``, as
+    :func:`load_model` loads: safetensors weights only, never the model's own code (``trust_remote_code=False``),
+    a :class:`UserError` naming ``name`` (default: ``path``) when it cannot be loaded. Not moved to a device."""
+    return _from_pretrained(path, str(name or path), False, auto_class, **model_kwargs)
+
+
+def refuse_remote_code(path: str | Path, what: str = "model") -> None:
+    """Raise :class:`UserError` if the model at ``path`` needs code of its own (``auto_map`` in its config) or
+    cannot be read at all; checked before loaders that would otherwise ask on stdin whether to run that code."""
+    from transformers import AutoConfig
+
+    try:
+        AutoConfig.from_pretrained(path, trust_remote_code=False)
+    except (OSError, ValueError) as err:
+        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise UserError(f"Cannot load the {what} at '{path}': {reason}") from err

@@ -18,7 +18,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from segrl.errors import UserError
-from segrl.files import read_jsonl, write_text_atomic
+from segrl.files import read_jsonl_numbered, write_text_atomic
 
 __all__ = ["PreferenceRunArguments", "train_preference"]
 
@@ -38,12 +38,12 @@ class PreferenceRunArguments:
 def train_preference(method: str, run: PreferenceRunArguments, config) -> Path:
     """Train with ``method`` ("dpo" or "densedpo") on ``run.train_file``; return the output directory."""
     from datasets import Dataset
-    from transformers import AutoModelForCausalLM, AutoTokenizer, PrinterCallback
+    from transformers import AutoModelForCausalLM, PrinterCallback
     from trl import DPOTrainer
 
-    from segrl.models import resolve_model_path
-    from segrl.reward_training import JsonlLogger
-    from segrl.trainers.dense_dpo import DENSE_DPO_COLUMNS, DenseDPOTrainer
+    from segrl.models import load_pretrained, resolve_model_path
+    from segrl.reward_training import JsonlLogger, save_final
+    from segrl.trainers.dense_dpo import DENSE_DPO_COLUMNS, DenseDPOTrainer, validate_dense_dpo_row
     from segrl.training import run_record
 
     if method not in METHODS:
@@ -51,18 +51,23 @@ def train_preference(method: str, run: PreferenceRunArguments, config) -> Path:
     if not run.train_file:
         raise UserError("--train_file is required")
     if method == "dpo":
-        rows = read_jsonl(run.train_file, {"prompt": str, "chosen": str, "rejected": str})
-        rows = [{k: row[k] for k in ("prompt", "chosen", "rejected")} for row in rows]
+        numbered = read_jsonl_numbered(run.train_file, {"prompt": str, "chosen": str, "rejected": str})
+        rows = [{k: row[k] for k in ("prompt", "chosen", "rejected")} for _, row in numbered]
     else:
-        rows = read_jsonl(run.train_file, {name: list for name in DENSE_DPO_COLUMNS})
-        rows = [{k: row[k] for k in DENSE_DPO_COLUMNS} for row in rows]
-    if not rows:
-        raise UserError(f"{run.train_file}: no pairs")
+        numbered = read_jsonl_numbered(run.train_file, {name: list for name in DENSE_DPO_COLUMNS})
+        rows = [{k: row[k] for k in DENSE_DPO_COLUMNS} for _, row in numbered]
+        for index, ((line, _), row) in enumerate(zip(numbered, rows)):
+            try:
+                validate_dense_dpo_row(row, index, config.max_length)
+            except UserError as err:  # name the file and its line rather than the dataset's 0-based row
+                detail = str(err).removeprefix(f"train dataset, row {index}, ")
+                raise UserError(f"{run.train_file}, line {line}: {detail}") from None
     path = resolve_model_path(run.model, cache_dir=run.cache_dir, seed=config.seed)
-    model = AutoModelForCausalLM.from_pretrained(path, use_safetensors=True)
-    tokenizer = AutoTokenizer.from_pretrained(path)
+    model, tokenizer = load_pretrained(path, AutoModelForCausalLM, name=run.model)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
+    if method == "densedpo":
+        _check_token_ids(run.train_file, numbered, model.config.vocab_size)
 
     out = Path(config.output_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -73,5 +78,15 @@ def train_preference(method: str, run: PreferenceRunArguments, config) -> Path:
                             processing_class=tokenizer, callbacks=[JsonlLogger(out / "metrics.jsonl")])
     trainer.remove_callback(PrinterCallback)
     trainer.train()
-    trainer.save_model(str(out / "final"))
+    save_final(trainer, out)
     return out
+
+
+def _check_token_ids(path: str, numbered: list[tuple[int, dict]], vocab_size: int) -> None:
+    """Raise :class:`UserError` at the first token id of an aligned pair that the model has no embedding for."""
+    for line, row in numbered:
+        for name in ("prompt_ids", "chosen_ids", "rejected_ids"):
+            bad = [x for x in row[name] if not 0 <= x < vocab_size]
+            if bad:
+                raise UserError(f"{path}, line {line}: field '{name}' holds token id {bad[0]}; the model's "
+                                f"vocabulary has ids 0..{vocab_size - 1}")

@@ -18,13 +18,15 @@ its own (no special tokens), then EOS. Added columns:
   ``threshold`` opens a segment), -1 on the prompt and on EOS (the tail rule).
 
 Skipped rows, counted and reported, never silently dropped: chosen identical to rejected, an empty response, a pair
-longer than ``max_length`` tokens. A row with a missing or non-text field is an error naming the row.
+longer than ``max_length`` tokens or than the model's context (``max_position_embeddings``). A row with a missing
+or non-text field is an error naming the row.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import math
 from collections import Counter
 from collections.abc import Callable, Iterable
 from pathlib import Path
@@ -91,19 +93,34 @@ def tokenize_prompt(tokenizer, prompt: Any, where: str) -> list[int]:
     if isinstance(prompt, str):
         return list(tokenizer(text=prompt)["input_ids"])
     if isinstance(prompt, list) and all(isinstance(m, dict) for m in prompt):
-        return list(tokenizer.apply_chat_template(prompt, add_generation_prompt=True, tokenize=True,
-                                                  return_dict=True)["input_ids"])
+        if getattr(tokenizer, "chat_template", None) is None:
+            raise UserError(f"{where}: field 'prompt' is a list of messages, but the model's tokenizer has no chat "
+                            "template to format it; give the prompt as text")
+        bad = [m for m in prompt if not isinstance(m.get("role"), str) or "content" not in m]
+        if bad:
+            raise UserError(f"{where}: field 'prompt': every message needs a 'role' (text) and a 'content', got "
+                            f"{bad[0]!r:.100}")
+        try:
+            return list(tokenizer.apply_chat_template(prompt, add_generation_prompt=True, tokenize=True,
+                                                      return_dict=True)["input_ids"])
+        except Exception as err:  # the template raised (jinja2's TemplateError, e.g. "roles must alternate")
+            raise UserError(f"{where}: field 'prompt': the chat template refused the messages "
+                            f"({str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__})") from None
     raise UserError(f"{where}: field 'prompt' should be text or a list of messages, got {type(prompt).__name__}")
 
 
-def _skip_reason(row: dict[str, Any], ids: tuple[list[int], list[int], list[int]], max_length: int | None) -> str | None:
+def _skip_reason(row: dict[str, Any], ids: tuple[list[int], list[int], list[int]], max_length: int | None,
+                 context: int | None = None) -> str | None:
     if _response_text(row["chosen"]) == _response_text(row["rejected"]):
         return "chosen equals rejected"
     prompt_ids, chosen_ids, rejected_ids = ids
     if len(chosen_ids) == 1 or len(rejected_ids) == 1:  # EOS only
         return "empty response"
-    if max_length is not None and len(prompt_ids) + max(len(chosen_ids), len(rejected_ids)) > max_length:
+    longest = len(prompt_ids) + max(len(chosen_ids), len(rejected_ids))
+    if max_length is not None and longest > max_length:
         return f"longer than max_length={max_length}"
+    if context is not None and longest > context:
+        return f"longer than the model's context of {context} tokens"
     return None
 
 
@@ -147,13 +164,16 @@ def prepare_segments(
     rows = list(rows)
     if not rows:
         raise UserError(f"{source} holds no rows")
+    if isinstance(threshold, bool) or not isinstance(threshold, (int, float)) or not math.isfinite(threshold):
+        raise UserError(f"the entropy threshold must be a finite number, got {threshold!r}")
+    context = getattr(getattr(model, "config", None), "max_position_embeddings", None)
     skipped: Counter = Counter()
     kept, sequences = [], []
     for index, row in enumerate(rows, start=1):
         if not isinstance(row, dict):
             raise UserError(f"{source}, row {index}: expected an object with prompt/chosen/rejected")
         ids = tokenize_pair(tokenizer, row, f"{source}, row {index}")
-        reason = _skip_reason(row, ids, max_length)
+        reason = _skip_reason(row, ids, max_length, context)
         if reason is not None:
             skipped[reason] += 1
             continue

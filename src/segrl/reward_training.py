@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -27,7 +28,7 @@ import torch
 from transformers import TrainerCallback
 
 from segrl.errors import UserError
-from segrl.files import read_jsonl, write_text_atomic
+from segrl.files import write_text_atomic
 
 __all__ = ["JsonlLogger", "RewardRunArguments", "fit_normalizer", "prepare", "score_pairs", "train_reward_model"]
 
@@ -80,29 +81,84 @@ def _model_identity(name: str, path) -> str:
     return str(local.resolve()) if local.is_dir() else str(name)
 
 
-def _read_prepared(path: str) -> list[dict[str, Any]]:
+def _int_list(value, where: str, name: str, low: int, high: int | None = None) -> None:
+    """Raise :class:`UserError` unless ``value`` is a list of integers in [low, high)."""
+    if all(type(x) is int for x in value) and (  # the fast path (bool is not int here)
+            not value or (min(value) >= low and (high is None or max(value) < high))):
+        return
+    for position, x in enumerate(value):
+        if isinstance(x, bool) or not isinstance(x, int) or x < low or (high is not None and x >= high):
+            expected = f"an integer in [{low}, {high})" if high is not None else f"an integer >= {low}"
+            raise UserError(f"{where}: field '{name}' should hold {expected} at every position, got {x!r:.40} at "
+                            f"position {position} (prepare the file with `segrl prepare-segments`)")
+
+
+def _check_prepared_row(row: dict[str, Any], where: str) -> None:
+    """The column contract of a prepared row (:mod:`segrl.prepare`): token ids, one segment id (>= -1) per token,
+    a prompt length that leaves a response, a finite threshold."""
+    for side in ("chosen", "rejected"):
+        ids, segments = row[f"{side}_ids"], row[f"{side}_segment_ids"]
+        _int_list(ids, where, f"{side}_ids", 0)
+        _int_list(segments, where, f"{side}_segment_ids", -1, len(ids))
+        if len(segments) != len(ids):
+            raise UserError(f"{where}: field '{side}_segment_ids' has {len(segments)} entries for {len(ids)} tokens in "
+                            f"'{side}_ids'; expected one per token")
+        if isinstance(row["prompt_length"], bool) or not 0 <= row["prompt_length"] < len(ids):
+            raise UserError(f"{where}: field 'prompt_length' is {row['prompt_length']}, but '{side}_ids' holds "
+                            f"{len(ids)} tokens; expected 0 <= prompt_length < the number of tokens")
+    threshold = row.get("segment_threshold")
+    if threshold is not None and (isinstance(threshold, bool) or not isinstance(threshold, (int, float))
+                                  or not math.isfinite(threshold)):
+        raise UserError(f"{where}: field 'segment_threshold' should be a finite number, got {threshold!r:.40}")
+
+
+def _read_prepared(path: str) -> list[tuple[int, dict[str, Any]]]:
+    """The rows of a prepared file with their line numbers, each checked by :func:`_check_prepared_row`."""
+    from segrl.files import read_jsonl_numbered
     from segrl.trainers.segment_rm import PREPARED_COLUMNS
 
     try:
-        return read_jsonl(path, {name: list if name != "prompt_length" else int for name in PREPARED_COLUMNS})
+        numbered = read_jsonl_numbered(path, {name: list if name != "prompt_length" else int
+                                              for name in PREPARED_COLUMNS})
     except UserError as err:
         raise UserError(f"{err} (prepare the file with `segrl prepare-segments`)") from None
+    for line, row in numbered:
+        _check_prepared_row(row, f"{path}, line {line}")
+    return numbered
 
 
-def _prepared_dataset(path: str):
+def _check_vocabulary(path: str, numbered: list[tuple[int, dict[str, Any]]], model) -> None:
+    """Raise :class:`UserError` at the first token id ``model`` has no embedding for, or the first sequence longer
+    than its context (``max_position_embeddings``)."""
+    vocab_size = model.config.vocab_size
+    context = getattr(model.config, "max_position_embeddings", None)
+    for line, row in numbered:
+        for side in ("chosen", "rejected"):
+            ids = row[f"{side}_ids"]
+            _int_list(ids, f"{path}, line {line}", f"{side}_ids", 0, vocab_size)
+            if context is not None and len(ids) > context:
+                raise UserError(f"{path}, line {line}: field '{side}_ids' holds {len(ids)} tokens, more than the "
+                                f"model's context of {context}; prepare the file with --max-length")
+
+
+def _prepared(path: str) -> tuple[list[tuple[int, dict[str, Any]]], Any, Any]:
+    """``(numbered rows, threshold, reference model)`` of a prepared file; all rows must share the last two."""
+    numbered = _read_prepared(path)
+    thresholds = {row.get("segment_threshold") for _, row in numbered}
+    references = {row.get("segment_reference") for _, row in numbered}
+    if len(thresholds) != 1 or len(references) != 1:
+        raise UserError(f"{path}: the rows were segmented with different thresholds or reference models "
+                        f"({sorted(map(str, thresholds))}, {sorted(map(str, references))})")
+    return numbered, thresholds.pop(), references.pop()
+
+
+def _dataset(numbered: list[tuple[int, dict[str, Any]]]):
     from datasets import Dataset
 
     from segrl.trainers.segment_rm import PREPARED_COLUMNS
 
-    rows = _read_prepared(path)
-    thresholds = {row.get("segment_threshold") for row in rows}
-    references = {row.get("segment_reference") for row in rows}
-    if len(thresholds) != 1 or len(references) != 1:
-        raise UserError(f"{path}: the rows were segmented with different thresholds or reference models "
-                        f"({sorted(map(str, thresholds))}, {sorted(map(str, references))})")
     columns = [*PREPARED_COLUMNS, "segment_threshold"]
-    dataset = Dataset.from_list([{name: row.get(name) for name in columns} for row in rows])
-    return dataset, thresholds.pop(), references.pop()
+    return Dataset.from_list([{name: row.get(name) for name in columns} for _, row in numbered])
 
 
 class JsonlLogger(TrainerCallback):
@@ -119,17 +175,18 @@ class JsonlLogger(TrainerCallback):
 
 def train_reward_model(run: RewardRunArguments, config) -> Path:
     """Train a segment reward model (``config``: a ``SegmentRewardConfig``); return the output directory."""
-    from transformers import AutoTokenizer, PrinterCallback
+    from safetensors import SafetensorError
+    from transformers import PrinterCallback
 
-    from segrl.models import resolve_model_path
+    from segrl.models import refuse_remote_code, resolve_model_path
     from segrl.segment_rm import new_reward_model
     from segrl.trainers.segment_rm import SegmentRewardTrainer
     from segrl.training import run_record
 
     if not run.train_file:
         raise UserError("--train_file is required: a JSONL prepared with `segrl prepare-segments`")
-    train_set, threshold, reference = _prepared_dataset(run.train_file)
-    eval_set = _prepared_dataset(run.eval_file)[0] if run.eval_file else None
+    train_rows, threshold, reference = _prepared(run.train_file)
+    eval_rows = _prepared(run.eval_file)[0] if run.eval_file else None
     path = resolve_model_path(run.model, cache_dir=run.cache_dir, seed=config.seed)
     backbone = _model_identity(run.model, path)
     if reference is not None and reference != backbone:  # the segments are the reference model's: same model
@@ -137,10 +194,17 @@ def train_reward_model(run: RewardRunArguments, config) -> Path:
             f"{run.train_file} was segmented by {reference}, but the reward model would start from {backbone}; "
             "use the same model (for tiny-<task> presets also the same --seed)"
         )
-    tokenizer = AutoTokenizer.from_pretrained(path)
-    if tokenizer.pad_token is None:
-        tokenizer.pad_token = tokenizer.eos_token
-    model = new_reward_model(path, config.variant, threshold if config.variant == "segment" else None, seed=config.seed)
+    refuse_remote_code(path, "backbone model")
+    tokenizer = _tokenizer(path)
+    try:
+        model = new_reward_model(path, config.variant, threshold if config.variant == "segment" else None,
+                                 seed=config.seed)
+    except SafetensorError as err:  # new_reward_model reports unreadable directories, not damaged weights
+        raise UserError(f"Cannot build a reward model on '{path}': damaged weights ({err})") from err
+    _check_vocabulary(run.train_file, train_rows, model)
+    if eval_rows is not None:
+        _check_vocabulary(run.eval_file, eval_rows, model)
+    train_set, eval_set = _dataset(train_rows), _dataset(eval_rows) if eval_rows is not None else None
 
     out = Path(config.output_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -153,9 +217,40 @@ def train_reward_model(run: RewardRunArguments, config) -> Path:
     trainer.train()
     if eval_set is not None:
         trainer.evaluate()
-    trainer.save_model(str(out / "final"))
-    tokenizer.save_pretrained(out / "final")
+    save_final(trainer, out, tokenizer)
     return out
+
+
+def save_final(trainer, out: Path, tokenizer=None, extra=None) -> Path:
+    """Save the trained model (and ``tokenizer``; ``extra(directory)`` writes any other file) into ``out/final``
+    so that it appears complete or not at all: everything goes to ``final.partial`` first, which then replaces
+    ``final`` (:func:`segrl.files.replace_dir`). Every process calls it (sharded models are gathered); the main
+    one writes."""
+    from segrl.files import replace_dir
+
+    partial = out / "final.partial"
+    if trainer.is_world_process_zero():
+        shutil.rmtree(partial, ignore_errors=True)  # left by a run that crashed while saving
+    trainer.save_model(str(partial))
+    if trainer.is_world_process_zero():
+        if tokenizer is not None:
+            tokenizer.save_pretrained(partial)
+        if extra is not None:
+            extra(partial)
+        replace_dir(partial, out / "final")
+    return out / "final"
+
+
+def _tokenizer(path):
+    from transformers import AutoTokenizer
+
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=False)
+    except (OSError, ValueError) as err:
+        raise UserError(f"Cannot load the tokenizer at '{path}': {str(err).strip().splitlines()[0]}") from err
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
 
 
 @torch.no_grad()
@@ -195,14 +290,21 @@ def fit_normalizer(reward_model: str, data_file: str, output: str | Path, batch_
                    sigma_floor: float | None = None) -> dict[str, Any]:
     """Fit the normaliser of a trained reward model on a prepared held-out file (chosen and rejected responses) and
     save it as JSON: location-aware for the segment and token variants, global for the bandit variant."""
-    from transformers import AutoTokenizer
+    from safetensors import SafetensorError
 
+    from segrl.models import refuse_remote_code
     from segrl.normalizers import GlobalNormalizer, LocationNormalizer
     from segrl.segment_rm import load_reward_model, segmentation_of
 
-    model = load_reward_model(reward_model)
-    tokenizer = AutoTokenizer.from_pretrained(reward_model)
-    rows = _read_prepared(data_file)
+    refuse_remote_code(reward_model, "reward model")
+    try:
+        model = load_reward_model(reward_model)
+    except SafetensorError as err:  # load_reward_model reports unreadable directories, not damaged weights
+        raise UserError(f"Cannot load the reward model at '{reward_model}': damaged weights ({err})") from err
+    tokenizer = _tokenizer(reward_model)
+    numbered = _read_prepared(data_file)
+    _check_vocabulary(data_file, numbered, model)
+    rows = [row for _, row in numbered]
     scored = score_pairs(model, rows, tokenizer.pad_token_id or 0, batch_size)
     rewards, positions, skipped = [], [], 0
     for pair in scored:

@@ -214,8 +214,8 @@ def load_template(name_or_path: str) -> CriticTemplate:
                         "and not a JSON file")
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise UserError(f"{path}: cannot read the critic template ({err})") from err
+    except (OSError, ValueError, RecursionError) as err:  # ValueError: bad JSON, not UTF-8, too many digits
+        raise UserError(f"{path}: cannot read the critic template ({str(err).strip().splitlines()[0]})") from None
     fields = {"name", "instruction", "inputs", "sections", "outside", "examples"}
     if not isinstance(data, dict) or not {"instruction", "inputs", "sections"} <= set(data) or set(data) - fields:
         raise UserError(f"{path}: a critic template is a JSON object with instruction, inputs, sections "

@@ -110,8 +110,11 @@ class CardsConfig:
             raise UserError("min_segment_tokens must be <= max_segment_tokens")
         if not 0.0 <= self.alpha <= 1.0:
             raise UserError(f"alpha must be in [0, 1], got {self.alpha!r}")
-        if not (self.beta > 0 and self.temperature > 0):
-            raise UserError("beta and temperature must be > 0")
+        if not all(value > 0 and math.isfinite(value) for value in (self.beta, self.temperature)):
+            raise UserError(f"beta and temperature must be finite numbers > 0, got {self.beta!r} and "
+                            f"{self.temperature!r}")
+        if not math.isfinite(self.tau_u):
+            raise UserError(f"tau_u must be a finite number, got {self.tau_u!r}")
 
 
 def initial_threshold(prompt_reward: float, target_reward: float, alpha: float) -> float:

@@ -24,7 +24,7 @@ from segrl.decoding.base import Decoded
 from segrl.decoding.cards import CardsConfig, cards
 from segrl.decoding.sampling import SamplingConfig, best_of_n
 from segrl.errors import UserError
-from segrl.files import write_text_atomic
+from segrl.files import OutputError, write_text_atomic
 
 __all__ = ["METHODS", "decode", "estimate_target_reward", "run", "summarize"]
 
@@ -86,11 +86,15 @@ def run(method: str, model, tokenizer, scorer, prompts: list[Any], config: Cards
     r* was chosen).
     """
     out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
     partial = out.with_name(out.name + ".partial")
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        handle = partial.open("w", encoding="utf-8")
+    except OSError as err:
+        raise OutputError(f"cannot write {partial}: {err.strerror or err}") from err
     results: list[Decoded] = []
     began = time.perf_counter()
-    with partial.open("w", encoding="utf-8") as handle:
+    with handle:
         for result in decode(method, model, tokenizer, scorer, prompts, config):
             results.append(result)
             handle.write(json.dumps(_jsonable(result.to_dict()), ensure_ascii=False) + "\n")

@@ -48,8 +48,8 @@ class SamplingConfig:
 
     def __post_init__(self):
         check_positive_ints(self, ("n", "top_k", "max_new_tokens", "batch_size"))
-        if not self.temperature > 0:
-            raise UserError(f"temperature must be > 0, got {self.temperature!r}")
+        if not (self.temperature > 0 and math.isfinite(self.temperature)):
+            raise UserError(f"temperature must be a finite number > 0, got {self.temperature!r}")
 
 
 @torch.no_grad()

@@ -214,13 +214,14 @@ def load_scorer(spec: str, policy=None, policy_tokenizer=None, device=None, batc
 
 
 def _load_model_scorer(path: str, policy, policy_tokenizer, device, batch_size: int):
+    from safetensors import SafetensorError
     from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer
 
     from segrl.tasks import task_names
 
-    try:
-        config = AutoConfig.from_pretrained(path)
-        tokenizer = AutoTokenizer.from_pretrained(path)
+    try:  # never the model's own code: a directory whose config names custom classes is refused here
+        config = AutoConfig.from_pretrained(path, trust_remote_code=False)
+        tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=False)
     except (OSError, ValueError) as err:
         raise UserError(
             f"--reward {path}: not a task name ({', '.join(task_names())}), a module:function path, or a model "
@@ -229,7 +230,10 @@ def _load_model_scorer(path: str, policy, policy_tokenizer, device, batch_size: 
     if isinstance(getattr(config, "segrl_segmentation", None), dict):
         from segrl.segment_rm import load_reward_model, segmentation_of
 
-        model = load_reward_model(path, device=device)
+        try:
+            model = load_reward_model(path, device=device)
+        except SafetensorError as err:
+            raise UserError(f"--reward {path}: damaged weights ({err})") from err
         reference = None
         if segmentation_of(model)[0] == "segment":
             if policy is None or policy_tokenizer is None or policy_tokenizer.get_vocab() != tokenizer.get_vocab():
@@ -238,8 +242,8 @@ def _load_model_scorer(path: str, policy, policy_tokenizer, device, batch_size: 
             reference = policy
         return SegmentRewardScorer(model, tokenizer, reference, batch_size, name=path)
     try:
-        model = AutoModelForSequenceClassification.from_pretrained(path, use_safetensors=True)
-    except (OSError, ValueError) as err:
+        model = AutoModelForSequenceClassification.from_pretrained(path, use_safetensors=True, trust_remote_code=False)
+    except (OSError, ValueError, SafetensorError) as err:
         raise UserError(f"--reward {path}: cannot load a sequence classifier ({str(err).strip().splitlines()[0]})") from err
     if device is not None:
         model = model.to(device)

@@ -67,8 +67,8 @@ def _rating(fields: dict, where: str) -> Rating:
         raise UserError(f"{where}: empty hypothesis (field 'mt')")
     try:
         score = float(fields["score"])
-    except (TypeError, ValueError):
-        raise UserError(f"{where}: field 'score' must be a number, got {fields['score']!r}") from None
+    except (TypeError, ValueError, OverflowError):  # OverflowError: an integer beyond float range (1e400 in JSON)
+        raise UserError(f"{where}: field 'score' must be a number, got {fields['score']!r:.40}") from None
     if isinstance(fields["score"], bool) or not math.isfinite(score):
         raise UserError(f"{where}: field 'score' must be a finite number, got {fields['score']!r}")
     ref = fields.get("ref")
@@ -91,28 +91,35 @@ def ratings_from_rows(rows: list[dict], source: str) -> list[Rating]:
 def read_ratings(path: str | Path) -> list[Rating]:
     """Rated translations from a ``.jsonl`` or ``.tsv`` file (module docstring)."""
     path = Path(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as err:
-        raise UserError(f"{path}: cannot read the ratings ({err})") from err
+    text = _read_text(path, "ratings")
     ratings = []
+    # Lines end at "\n" (and "\r\n") only: str.splitlines would also cut at U+2028, U+0085, \x1c, ..., which JSON
+    # and TSV fields may hold as text.
+    lines = [line.removesuffix("\r") for line in text.split("\n")]
+    if lines and lines[-1] == "":
+        lines.pop()
     if path.suffix == ".tsv":
-        reader = csv.DictReader(text.splitlines(), delimiter="\t", quoting=csv.QUOTE_NONE)
+        reader = csv.DictReader(lines, delimiter="\t", quoting=csv.QUOTE_NONE)
         if not reader.fieldnames or any(k not in reader.fieldnames for k in REQUIRED):
             raise UserError(f"{path}:1: the header must name the columns {', '.join(REQUIRED)} (ref, item optional), "
                             f"got {reader.fieldnames}")
-        for number, row in enumerate(reader, start=2):
-            if None in row:
-                raise UserError(f"{path}:{number}: more fields than the header names")
-            ratings.append(_rating(row, f"{path}:{number}"))
+        try:
+            for number, row in enumerate(reader, start=2):
+                if None in row:
+                    raise UserError(f"{path}:{number}: more fields than the header names")
+                ratings.append(_rating(row, f"{path}:{number}"))
+        except csv.Error as err:  # e.g. a lone carriage return inside a field
+            raise UserError(f"{path}:{reader.line_num}: not a valid TSV line ({err})") from None
     else:
-        for number, line in enumerate(text.splitlines(), start=1):
+        for number, line in enumerate(lines, start=1):
             if not line.strip():
                 continue
             try:
                 row = json.loads(line)
             except json.JSONDecodeError as err:
                 raise UserError(f"{path}:{number}: not valid JSON ({err.msg})") from None
+            except (ValueError, RecursionError) as err:  # an integer of over 4300 digits; nesting too deep
+                raise UserError(f"{path}:{number}: not valid JSON ({str(err).splitlines()[0]})") from None
             if not isinstance(row, dict):
                 raise UserError(f"{path}:{number}: expected a JSON object, got {type(row).__name__}")
             ratings.append(_rating(row, f"{path}:{number}"))
@@ -121,13 +128,24 @@ def read_ratings(path: str | Path) -> list[Rating]:
     return ratings
 
 
+def _read_text(path: Path, what: str) -> str:
+    """The UTF-8 text of ``path``; an unreadable file, or a byte that is not UTF-8 (named by its line), is a
+    :class:`UserError`."""
+    try:
+        data = path.read_bytes()
+    except OSError as err:
+        raise UserError(f"{path}: cannot read the {what} ({err.strerror or err})") from err
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as err:
+        line = data.count(b"\n", 0, err.start) + 1
+        raise UserError(f"{path}:{line}: not UTF-8 text (byte {data[err.start]:#04x}); cannot read the {what}") from None
+
+
 def read_lines(path: str | Path, what: str) -> list[str]:
     """The lines of a text file (a final newline ends the last line; a last line without one is kept); an
     unreadable or empty file is a :class:`UserError` naming it as the ``what`` file."""
-    try:
-        text = Path(path).read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as err:
-        raise UserError(f"{path}: cannot read the {what} file ({err})") from err
+    text = _read_text(Path(path), f"{what} file")
     lines = text.split("\n")
     if lines[-1] == "":
         lines.pop()
@@ -155,6 +173,10 @@ def read_wmt(root: str | Path, lp: str, ref: str = "refA", scores: str = "mqm") 
         parts = line.split("\t")
         if len(parts) != 2:
             raise UserError(f"{score_path}:{number}: expected 'system<TAB>score', got {line[:60]!r}")
+        if parts[0] in ("", ".", "..") or Path(parts[0]).name != parts[0] or "\\" in parts[0] or "\0" in parts[0]:
+            # the name picks the file system-outputs/{lp}/{system}.txt: it must stay a plain name in that directory
+            raise UserError(f"{score_path}:{number}: system name {parts[0][:60]!r} is not a plain file name "
+                            "(no '/', '\\', '..')")
         by_system[parts[0]].append((number, parts[1]))
     ratings, unrated = [], 0
     for system, values in sorted(by_system.items()):

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from safetensors import SafetensorError
 
 from segrl.errors import UserError
 from segrl.files import write_text_atomic
@@ -36,15 +37,20 @@ def load_remedy(path: str | Path, device: str | None = None):
     """``(model, tokenizer, info, calibration)`` of a ReMedy model directory, the model in eval mode."""
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-    path = Path(path)
+    shown, path = str(path), Path(path)  # name it as given ("./x", not "x")
+    if not path.is_dir():
+        raise UserError(f"{shown}: model directory not found (a ReMedy model directory, from `segrl remedy train`)")
     if not (path / MODEL_INFO).is_file():
-        raise UserError(f"{path}: not a ReMedy model directory (no {MODEL_INFO}; train one with `segrl remedy train`)")
+        raise UserError(f"{shown}: not a ReMedy model directory (no {MODEL_INFO}; train one with `segrl remedy train`)")
     try:
         info = json.loads((path / MODEL_INFO).read_text(encoding="utf-8"))
-        model = AutoModelForSequenceClassification.from_pretrained(path, use_safetensors=True)
-        tokenizer = AutoTokenizer.from_pretrained(path)
-    except (OSError, ValueError) as err:
-        raise UserError(f"{path}: cannot load the ReMedy model ({err})") from err
+        model = AutoModelForSequenceClassification.from_pretrained(path, use_safetensors=True, trust_remote_code=False)
+        tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=False)
+    except (OSError, ValueError, SafetensorError) as err:  # SafetensorError: damaged weights
+        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise UserError(f"{path}: cannot load the ReMedy model ({reason})") from err
+    if not isinstance(info, dict):
+        raise UserError(f"{path / MODEL_INFO}: expected a JSON object, got {type(info).__name__}")
     calibration = Calibration.load(path / CALIBRATION) if (path / CALIBRATION).is_file() else None
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     return model.to(device).eval(), tokenizer, info, calibration
@@ -52,11 +58,19 @@ def load_remedy(path: str | Path, device: str | None = None):
 
 @torch.no_grad()
 def score(model, tokenizer, sources: list[str], hypotheses: list[str], lps: list[str],
-          references: list[str] | None = None, batch_size: int = 32, progress=None) -> np.ndarray:
+          references: list[str] | None = None, batch_size: int = 32, progress=None,
+          names: list[str] | None = None) -> np.ndarray:
     """Raw scores, shape (N,), of N translations (``lps``: one language pair per row; ``references``: None for the
-    reference-free mode). ``progress(done)`` is called after each batch."""
+    reference-free mode). ``progress(done)`` is called after each batch. A translation whose request is longer than
+    the model's context is a :class:`UserError` naming it by ``names`` (default "translation i", from 1)."""
     refs = references if references is not None else [None] * len(sources)
     encoded = [encode(tokenizer, s, h, lp, r) for s, h, lp, r in zip(sources, hypotheses, lps, refs)]
+    context = getattr(model.config, "max_position_embeddings", None)
+    for i, ids in enumerate(encoded):
+        if context is not None and len(ids) > context:
+            where = names[i] if names is not None else f"translation {i + 1}"
+            raise UserError(f"{where}: the translation request is {len(ids)} tokens, longer than the model's "
+                            f"context of {context}; nothing was scored")
     order = sorted(range(len(encoded)), key=lambda i: -len(encoded[i]))
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     device = next(model.parameters()).device
@@ -96,14 +110,14 @@ def score_files(model_dir: str | Path, src: str | Path, mt: str | Path, lp: str,
         if not hypothesis.strip():
             raise UserError(f"{mt}:{number}: empty hypothesis")
     raw = score(model, tokenizer, lines["source"], lines["hypothesis"], [lp] * counts["hypothesis"],
-                lines.get("reference"), batch_size=batch_size, progress=progress)
+                lines.get("reference"), batch_size=batch_size, progress=progress,
+                names=[f"{mt}:{number}" for number in range(1, counts["hypothesis"] + 1)])
     if not np.isfinite(raw).all():
         bad = int(np.flatnonzero(~np.isfinite(raw))[0]) + 1
         raise UserError(f"{mt}:{bad}: the model gave a non-finite score; nothing was written")
     sigmoid = 1 / (1 + np.exp(-raw))
     calibrated = calibration.apply(raw, [lp] * len(raw)) if calibration is not None else sigmoid
     out = Path(output_dir)
-    out.mkdir(parents=True, exist_ok=True)
     rows = ["line\traw\tsigmoid\tcalibrated"]
     rows += [f"{i + 1}\t{r:.6f}\t{s:.6f}\t{c:.6f}" for i, (r, s, c) in enumerate(zip(raw, sigmoid, calibrated))]
     write_text_atomic(out / "scores.tsv", "\n".join(rows) + "\n")

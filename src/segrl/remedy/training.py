@@ -75,14 +75,14 @@ def _pair_dataset(pairs: list[dict], tokenizer, reference_free: bool):
 
 def train_remedy(run: RemedyRunArguments, config) -> Path:
     """Train a ReMedy model (``config``: TRL's ``RewardConfig``); return the output directory (module docstring)."""
-    from transformers import AutoModelForSequenceClassification, AutoTokenizer, PrinterCallback
+    from transformers import AutoModelForSequenceClassification, PrinterCallback
     from trl import RewardTrainer
 
-    from segrl.models import resolve_model_path
+    from segrl.models import load_pretrained, resolve_model_path
     from segrl.remedy.calibration import fit_calibration
     from segrl.remedy.data import make_pairs, split_by_source
     from segrl.remedy.scoring import CALIBRATION, MODEL_INFO, score
-    from segrl.reward_training import JsonlLogger
+    from segrl.reward_training import JsonlLogger, save_final
     from segrl.training import run_record
 
     ratings = load_ratings(run, seed=config.seed)
@@ -91,10 +91,9 @@ def train_remedy(run: RemedyRunArguments, config) -> Path:
     train_ratings, held_out = split_by_source(ratings, run.test_fraction, seed=config.seed)
     pairs, counts = make_pairs(train_ratings, run.min_gap)
     path = resolve_model_path(run.model, cache_dir=run.cache_dir, seed=config.seed)
-    tokenizer = AutoTokenizer.from_pretrained(path)
+    model, tokenizer = load_pretrained(path, AutoModelForSequenceClassification, name=run.model, num_labels=1)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
-    model = AutoModelForSequenceClassification.from_pretrained(path, num_labels=1, use_safetensors=True)
     model.config.pad_token_id = tokenizer.pad_token_id
     if config.center_rewards_coefficient is None:
         config.center_rewards_coefficient = 0.01
@@ -118,15 +117,17 @@ def train_remedy(run: RemedyRunArguments, config) -> Path:
     trainer.remove_callback(PrinterCallback)
     trainer.train()
 
-    final = out / "final"
-    trainer.save_model(str(final))  # with the tokenizer (the trainer's processing class)
     model = trainer.model.eval()
     fit_on = held_out or train_ratings
     raw = score(model, tokenizer, [r.src for r in fit_on], [r.mt for r in fit_on], [r.lp for r in fit_on],
                 None if run.no_ref else [r.ref for r in fit_on], batch_size=config.per_device_eval_batch_size)
     calibration = fit_calibration(raw, [r.lp for r in fit_on], per_lp=run.per_lp_calibration)
-    calibration.save(final / CALIBRATION)
     info = {"reference_free": run.no_ref, "language_pairs": sorted({r.lp for r in ratings}),
             "backbone": run.model, "calibrated_on": "held-out" if held_out else "train"}
-    write_text_atomic(final / MODEL_INFO, json.dumps(info, indent=2) + "\n")
+
+    def extra(directory: Path) -> None:  # the model directory is complete (calibrated) or absent, never between
+        calibration.save(directory / CALIBRATION)
+        write_text_atomic(directory / MODEL_INFO, json.dumps(info, indent=2) + "\n")
+
+    save_final(trainer, out, extra=extra)  # with the tokenizer (the trainer's processing class)
     return out
