@@ -734,9 +734,6 @@ def test_training_outputs_survive_bad_input(env, tmp_path):
         assert_untouched(outputs)
 
 
-@pytest.mark.xfail(reason="segrl/training.py train() deletes metrics.jsonl and rewrites config.json before it "
-                          "loads --reward_model/--normalizer (dense) or the critic (drlc); reported, not ours to edit",
-                   strict=False)
 @pytest.mark.parametrize("method, flags", [("dense", ["--reward_model", "{root}"]),
                                            ("dense", ["--reward_model", "{rm}", "--normalizer", "{root}/none.json"]),
                                            ("drlc", ["--critic", UNKNOWN])])

@@ -113,17 +113,6 @@ def test_source_runs_no_code_from_data_and_reads_no_pickle():
         assert not {m.split(".")[0] for m in modules} & UNSAFE_MODULES, (file, modules)
 
 
-#: from_pretrained calls that lack trust_remote_code=False in files this work may not edit; reported to their
-#: owners (docs/RELIABILITY.md, known limits). The CLI refuses remote code on these paths anyway (its main callback
-#: sets transformers' remote-code prompt timeout to 0: refuse, never ask), see test_custom_code_is_refused_by_the_cli.
-PENDING_TRUST_FLAG = {
-    ("segment_rm.py", "new_reward_model", "AutoConfig.from_pretrained"),
-    ("segment_rm.py", "new_reward_model", "AutoModelForTokenClassification.from_pretrained"),
-    ("segment_rm.py", "load_reward_model", "AutoModelForTokenClassification.from_pretrained"),
-    ("dense_rewards.py", "load_segment_reward_source", "AutoTokenizer.from_pretrained"),
-}
-
-
 def test_every_model_load_is_safetensors_only_and_runs_no_model_code():
     loads, missing_flag = 0, set()
     for file, function, callee, call in _calls():
@@ -142,7 +131,7 @@ def test_every_model_load_is_safetensors_only_and_runs_no_model_code():
             assert gguf or (isinstance(safetensors, ast.Constant) and safetensors.value is True), \
                 f"{file}:{call.lineno} {callee} without use_safetensors=True"
     assert loads >= 15
-    assert missing_flag <= PENDING_TRUST_FLAG, sorted(missing_flag - PENDING_TRUST_FLAG)
+    assert not missing_flag, sorted(missing_flag)
 
 
 def test_no_caller_turns_remote_code_on():
@@ -330,9 +319,6 @@ def test_library_loaders_pass_trust_remote_code_false(random_model_dir, files, t
     assert not marker.exists()
 
 
-@pytest.mark.xfail(reason="segrl/segment_rm.py and segrl/dense_rewards.py call from_pretrained without "
-                          "trust_remote_code=False (reported); the CLI is protected by its main callback",
-                   strict=False)
 @pytest.mark.parametrize("loader", ["segment_rm.load_reward_model", "segment_rm.new_reward_model"])
 def test_reward_model_loaders_outside_the_cli(random_model_dir, tmp_path, monkeypatch, loader):
     from segrl import segment_rm

@@ -120,7 +120,7 @@ def load_segment_reward_source(path: str, policy_tokenizer, normalizer_path: str
 
     model = segment_rm.load_reward_model(path, device=device)
     try:
-        rm_tokenizer = AutoTokenizer.from_pretrained(path)
+        rm_tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=False)
     except (OSError, ValueError) as err:
         raise UserError(f"{path}: the reward model directory has no tokenizer ({err})") from err
     if rm_tokenizer.get_vocab() != policy_tokenizer.get_vocab():

@@ -28,6 +28,7 @@ import math
 from contextlib import contextmanager
 
 import torch
+from safetensors import SafetensorError
 from transformers import AutoConfig, AutoModelForTokenClassification
 from transformers.utils import logging as transformers_logging
 
@@ -129,10 +130,13 @@ def new_reward_model(path, variant: str, threshold: float | None, seed: int = 0,
         raise UserError("The 'segment' variant needs the entropy threshold it was segmented with")
     torch.manual_seed(seed)
     try:
-        config = AutoConfig.from_pretrained(path, num_labels=1)
+        config = AutoConfig.from_pretrained(path, num_labels=1, trust_remote_code=False)
         config.token_classification_bias, config.classifier_dropout = bias, 0.0
         with _quiet_loading():  # the head is missing from the checkpoint by design: no report about it
-            model = AutoModelForTokenClassification.from_pretrained(path, config=config, use_safetensors=True)
+            model = AutoModelForTokenClassification.from_pretrained(path, config=config, use_safetensors=True,
+                                                                        trust_remote_code=False)
+    except SafetensorError as err:
+        raise UserError(f"Cannot build a reward model on '{path}': damaged weights ({err})") from err
     except (OSError, ValueError) as err:
         raise UserError(f"Cannot build a reward model on '{path}': {str(err).strip().splitlines()[0]}") from err
     head = model.score
@@ -158,7 +162,9 @@ def segmentation_of(model) -> tuple[str, float | None]:
 def load_reward_model(path, device: str | None = None):
     """Load a reward model saved by ``segrl train rm`` (safetensors only) and check its segmentation entry."""
     try:
-        model = AutoModelForTokenClassification.from_pretrained(path, use_safetensors=True)
+        model = AutoModelForTokenClassification.from_pretrained(path, use_safetensors=True, trust_remote_code=False)
+    except SafetensorError as err:
+        raise UserError(f"Cannot load the reward model at '{path}': damaged weights ({err})") from err
     except (OSError, ValueError) as err:
         raise UserError(f"Cannot load the reward model at '{path}': {str(err).strip().splitlines()[0]}") from err
     if model.config.num_labels != 1:

@@ -20,6 +20,7 @@ by TRL and logged one by one as ``rewards/<name>/mean``), else its ``reward``.
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import time
 from dataclasses import asdict, dataclass, field
@@ -29,7 +30,7 @@ from pathlib import Path
 from transformers import PrinterCallback, TrainerCallback
 
 from segrl.errors import UserError
-from segrl.files import write_text_atomic
+from segrl.files import replace_dir, write_text_atomic
 
 METHODS = ("grpo", "spo", "dense", "drlc")
 
@@ -139,6 +140,7 @@ def train(method: str, run: RunArguments, config) -> Path:
     Returns the output directory.
     """
     from segrl.models import load_model
+    from segrl.reward_training import save_final
     from segrl.tasks import get_task
     from segrl.trainers.grpo import TokenCountingGRPOTrainer
     from segrl.trainers.dense import DenseRewardConfig, DenseRewardTrainer
@@ -170,13 +172,6 @@ def train(method: str, run: RunArguments, config) -> Path:
     eval_set = task.make_dataset("test", run.eval_examples, seed=config.seed)
 
     out = Path(config.output_dir)
-    main_process = config.process_index == 0  # under `accelerate launch` only the main process writes files
-    if main_process:
-        out.mkdir(parents=True, exist_ok=True)
-        (out / "metrics.jsonl").unlink(missing_ok=True)
-        resolved = {"method": method, "run": asdict(run), "trainer": config.to_dict(), **run_record()}
-        write_text_atomic(out / "config.json", json.dumps(resolved, indent=2, default=str) + "\n")
-
     logger = RunLogger(out / "metrics.jsonl", task, eval_set, run.eval_every, config.temperature,
                        config.max_completion_length, run.max_generated_tokens)
     extra = {}
@@ -194,10 +189,23 @@ def train(method: str, run: RunArguments, config) -> Path:
         callbacks=[logger], **extra,
     )
     trainer.remove_callback(PrinterCallback)  # raw metric dicts on stdout: they are in metrics.jsonl already
+
+    # Every input (model, reward model, normaliser, critic) loaded: only now is the output directory touched.
+    main_process = config.process_index == 0  # under `accelerate launch` only the main process writes files
+    if main_process:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "metrics.jsonl").unlink(missing_ok=True)
+        resolved = {"method": method, "run": asdict(run), "trainer": config.to_dict(), **run_record()}
+        write_text_atomic(out / "config.json", json.dumps(resolved, indent=2, default=str) + "\n")
     trainer.train()
-    trainer.save_model(str(out / "final"))  # every process calls it (ZeRO-3/FSDP gather); the main one writes
-    if isinstance(trainer, DenseRewardTrainer):
-        trainer.save_value_model(out / "value_model")
+    save_final(trainer, out)  # complete or not at all; every process calls it (ZeRO-3/FSDP gather)
+    if isinstance(trainer, DenseRewardTrainer) and trainer.value_model is not None:
+        partial = out / "value_model.partial"
+        if main_process:
+            shutil.rmtree(partial, ignore_errors=True)  # left by a run that crashed while saving
+        trainer.save_value_model(partial)
+        if main_process:
+            replace_dir(partial, out / "value_model")
     if main_process and getattr(trainer, "last_example", None) is not None:
         write_text_atomic(out / "example.json", json.dumps(trainer.last_example) + "\n")
     return out
