@@ -33,7 +33,15 @@ Deviations from the paper, and why:
   disabled) that also gives the segmenter its entropies, so the reward model's segments cost no extra model.
 
 A row whose dense or holistic reward is NaN is skipped (zero advantage, out of the loss and of the value model's
-targets) and counted in ``dense/skipped_rows``.
+targets) and counted in ``dense/skipped_rows``: NaN is a source's "no reward for this row", and a holistic reward is
+NaN only where a reward function returned None.
+
+Numerical guards (docs/NUMERICAL_GUARDS.md): the base trainer's (:mod:`segrl.trainers.grpo`: a reward function's
+NaN/±inf number, non-finite advantages or loss stop the run; a non-finite gradient norm skips the step), plus: a
+dense source's ±inf stops the run naming the source and the rows (the reward clip would silently make it ±10);
+non-finite KL-shaped rewards (policy or reference log-probs) or value-model values stop it, the latter before the
+value model is fitted to them; the value model's own optimizer step is skipped on a non-finite loss or gradient norm
+(counted in ``guards/value_skipped_steps``; 3 in a row stop the run), a decision reduced over processes.
 
 Multi-process (``accelerate launch``; docs/SCALING.md): each process scores, values and shapes the rewards of its
 slice of the global batch. The value model is wrapped for data parallelism by ``accelerate`` (DDP): each process
@@ -52,6 +60,8 @@ Metrics: ``dense/reward`` (mean summed dense reward per completion), ``dense/kl`
 from __future__ import annotations
 
 import copy
+import logging
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -61,12 +71,15 @@ from trl import GRPOConfig
 from trl.trainer.utils import create_model_from_path, disable_dropout_in_model, use_adapter
 
 from segrl import advantages as adv
+from segrl import guards
 from segrl.dense_rewards import Rollout
 from segrl.errors import UserError
 from segrl.losses import clipped_value_loss
 from segrl.scoring import completion_entropies_and_logps, completion_token_scores
 from segrl.shaping import kl_shaped_rewards
 from segrl.trainers.grpo import TokenCountingGRPOTrainer
+
+logger = logging.getLogger(__name__)
 
 ESTIMATORS = ("gae", "group")
 INTERPOLATIONS = ("even", "last", "broadcast")
@@ -139,6 +152,7 @@ class DenseRewardTrainer(TokenCountingGRPOTrainer):
         self.dense_rewards = dense_rewards
         policy = self.accelerator.unwrap_model(self.model)
         self.value_model = self.value_optimizer = None
+        self.value_skip_counter = guards.SkipCounter(self.max_consecutive_skips)
         if self.args.advantage_estimator == "gae":
             if value_model is None:
                 from segrl.segment_rm import new_reward_model
@@ -196,6 +210,9 @@ class DenseRewardTrainer(TokenCountingGRPOTrainer):
             )
             token_rewards = self.dense_rewards(rollout).to(logps.device).masked_fill(~mask, 0.0)
             self._log_source_metrics(mode)
+            # NaN is the sources' "skip this row"; ±inf is a bug that the reward clip would silently turn into ±10.
+            self._stop_if_nonfinite_rows(f"dense rewards (±inf) from {type(self.dense_rewards).__name__}",
+                                         token_rewards.masked_fill(torch.isnan(token_rewards), 0.0), mask, output)
         last = (mask.long().cumsum(dim=1) == mask.sum(dim=1, keepdim=True)) & mask
         token_rewards = token_rewards + last * holistic.nan_to_num(0.0)[:, None]
 
@@ -203,9 +220,11 @@ class DenseRewardTrainer(TokenCountingGRPOTrainer):
         loss_mask = mask & ~skipped[:, None]
         token_rewards = token_rewards.nan_to_num(0.0)
         rewards = kl_shaped_rewards(token_rewards, logps, ref_logps, loss_mask, beta=args.kl_coef, clip=args.reward_clip)
+        self._stop_if_nonfinite_rows("KL-shaped rewards (policy or reference log-probs)", rewards, loss_mask, output)
 
         if args.advantage_estimator == "gae":
-            advantages = self._gae_and_value_update(input_ids, attention_mask, num_tokens, rewards, loss_mask, mode)
+            advantages = self._gae_and_value_update(input_ids, attention_mask, num_tokens, rewards, loss_mask, mode,
+                                                    output)
         else:
             advantages = self._group_advantages(rewards, loss_mask)
         self._set_token_advantages(output, advantages, loss_mask, args.whiten_advantages)
@@ -243,12 +262,15 @@ class DenseRewardTrainer(TokenCountingGRPOTrainer):
         local = slice(acc.process_index * rows, (acc.process_index + 1) * rows)
         return advantages[local, :width].masked_fill(~mask, 0.0)
 
-    def _gae_and_value_update(self, input_ids, attention_mask, num_tokens, rewards, mask, mode) -> torch.Tensor:
-        """GAE advantages from the value model's values at rollout time, then its fit to the returns."""
+    def _gae_and_value_update(self, input_ids, attention_mask, num_tokens, rewards, mask, mode,
+                              output: dict[str, Any]) -> torch.Tensor:
+        """GAE advantages from the value model's values at rollout time, then its fit to the returns. Non-finite
+        values stop the run before the value model is fitted to them."""
         args, batch_size = self.args, self.args.per_device_train_batch_size
         with torch.no_grad():
             old_values = completion_token_scores(self.value_model, input_ids, attention_mask, num_tokens, shift=1,
                                                  batch_size=batch_size)
+        self._stop_if_nonfinite_rows("value-model values", old_values, mask, output)
         advantages, returns = adv.gae(rewards, old_values, mask, gamma=args.gamma, lam=args.lam)
         if mode == "train":
             self._fit_value_model(input_ids, attention_mask, num_tokens, old_values, returns, mask)
@@ -282,9 +304,8 @@ class DenseRewardTrainer(TokenCountingGRPOTrainer):
                     loss_for_gradient = loss
                 self.value_optimizer.zero_grad(set_to_none=True)
                 loss_for_gradient.backward()
-                if args.max_grad_norm:
-                    torch.nn.utils.clip_grad_norm_(self.value_model.parameters(), args.max_grad_norm)
-                self.value_optimizer.step()
+                norm = torch.nn.utils.clip_grad_norm_(self.value_model.parameters(), args.max_grad_norm or math.inf)
+                self._value_step(loss, norm)
                 stats.append([loss.item() * tokens.item(), clip_fraction.item() * tokens.item(), tokens.item()])
         # Token means over all processes, minibatch by minibatch: one collective.
         stats = torch.tensor(stats, dtype=torch.float64, device=acc.device).view(-1, 3)
@@ -293,6 +314,25 @@ class DenseRewardTrainer(TokenCountingGRPOTrainer):
         count = stats[:, 2].clamp(min=1)
         self._metrics["train"]["value/loss"].extend((stats[:, 0] / count).tolist())
         self._metrics["train"]["value/clipfrac"].extend((stats[:, 1] / count).tolist())
+
+    def _value_step(self, loss: torch.Tensor, grad_norm: torch.Tensor) -> None:
+        """The value model's optimizer step, skipped (gradients set to None, parameters and AdamW state untouched)
+        when its loss or gradient norm is not finite on any process; counted in ``guards/value_skipped_steps``, and
+        ``max_consecutive_skips`` in a row stop the run. A collective: every process makes the same minibatch steps."""
+        bad = not (guards.is_finite(loss) and guards.is_finite(grad_norm))
+        reason = f"value-model loss {loss.item()}, gradient norm {float(grad_norm)}" if bad else ""
+        skip = self._any_process(bad)
+        if skip:
+            self.value_optimizer.zero_grad(set_to_none=True)
+            logger.warning("Step %d: %s; value-model optimizer step skipped", self._guard_step,
+                           reason or "non-finite value-model loss or gradient on another process")
+        else:
+            self.value_optimizer.step()
+        self.value_skip_counter.limit = self.max_consecutive_skips
+        try:
+            self.value_skip_counter.record(skip, self._guard_step, f"value model: {reason}")
+        finally:
+            self._metrics["train"]["guards/value_skipped_steps"] = [float(self.value_skip_counter.total)]
 
     def save_value_model(self, path) -> None:
         """Save the value model (safetensors) next to the policy, e.g. to resume or inspect its values (main process

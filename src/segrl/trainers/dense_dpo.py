@@ -67,6 +67,13 @@ Deviations from the paper, and why:
   ``f_divergence_type``, ``use_weighting`` and ``precompute_ref_log_probs`` (which stores whole-response reference
   sums, not per-token ones).
 
+Numerical guards (docs/NUMERICAL_GUARDS.md, :mod:`segrl.trainers.guarded`): a non-finite loss, or a non-finite
+segment margin (a tied segment's included: the loss leaves it out, the gradient would not), skips the optimizer step
+with a warning naming the step and the pairs; so does a non-finite gradient norm. ``guards/skipped_steps`` counts
+them and 3 in a row stop the run (:class:`segrl.guards.NumericalError`). Skip rather than stop, unlike RL: a
+preference batch is a fixed sample of the data that nothing else reuses, so one extreme batch need not end a run,
+while a persistent failure still does. The labels are checked when the dataset is prepared (UserError naming the row).
+
 Metrics (TRL ``_metrics`` style, averaged over the logging interval): ``dense_dpo/labelled_segments`` (mean non-tie
 segments per pair), ``dense_dpo/tied_pairs`` (pairs in the batch with no label), ``dense_dpo/segment_accuracy``
 (fraction of labelled segments with l_f·h_f > 0); TRL's ``rewards/chosen``, ``rewards/rejected`` and
@@ -99,8 +106,10 @@ from trl import DPOConfig, DPOTrainer
 from trl.trainer.dpo_trainer import DataCollatorForPreference
 from trl.trainer.utils import pad
 
+from segrl import guards
 from segrl import segmentation as seg
 from segrl.errors import UserError
+from segrl.trainers.guarded import GuardedTrainerMixin
 
 __all__ = [
     "DENSE_DPO_COLUMNS",
@@ -300,7 +309,7 @@ def _capture_fused_outputs(modules: list[torch.nn.Module]):
             handle.remove()
 
 
-class DenseDPOTrainer(DPOTrainer):
+class DenseDPOTrainer(GuardedTrainerMixin, DPOTrainer):
     """``DPOTrainer`` with the DenseDPO loss over aligned segments (see the module docstring).
 
     Takes ``DPOTrainer``'s arguments; ``args`` must pass :class:`DenseDPOConfig`'s checks and the datasets must be
@@ -310,6 +319,7 @@ class DenseDPOTrainer(DPOTrainer):
 
     _tag_names = ["trl", "dpo", "segrl", "dense-dpo"]
     _name = "DenseDPO"
+    guard_loss_action = "skip"  # see "Numerical guards" in the module docstring
 
     def __init__(self, model, ref_model=None, args: DPOConfig | None = None, data_collator=None,
                  train_dataset=None, eval_dataset=None, processing_class=None, **kwargs):
@@ -397,11 +407,26 @@ class DenseDPOTrainer(DPOTrainer):
         ref_logps = reference.log_probs[:, -seq_len:].float().detach()
         chosen_ids, rejected_ids = shifted.chunk(2, dim=0)
         margins = segment_margins(policy_logps, ref_logps, chosen_ids, rejected_ids, labels.shape[1], self.beta)
+        if mode == "train":
+            self._flag_nonfinite_margins(inputs, margins)
         loss, _ = dense_dpo_loss(margins, labels)
         if self.aux_loss_enabled:
             loss = loss + self.router_aux_loss_coef * policy.aux_loss
         self._log_dense_metrics(mode, margins.detach(), labels)
         return (loss, result[1]) if return_outputs else loss
+
+    def _flag_nonfinite_margins(self, inputs, margins: torch.Tensor) -> None:
+        """Flag the micro-batch (its optimizer step is then skipped) if a segment margin is NaN or ±inf, a tied
+        segment's included (the loss leaves those out, but the log-probs of real tokens are then not finite and the
+        gradient would be): the message names the pairs."""
+        rows = guards.nonfinite_rows(margins).tolist()
+        if rows:
+            ids, mask, pairs = inputs["input_ids"], inputs["attention_mask"].bool(), len(margins)
+            decode = self.processing_class.decode
+            samples = [guards.describe_sample(label=f"pair {row} {side}:", text=decode(ids[i][mask[i]].tolist(),
+                                                                                       skip_special_tokens=True))
+                       for row in rows for side, i in (("first", row), ("second", row + pairs))]
+            self._guard_flag(f"non-finite segment margins in {len(rows)} pairs: {'; '.join(samples)}")
 
     def _log_dense_metrics(self, mode: str, margins: torch.Tensor, labels: torch.Tensor) -> None:
         metrics = self._metrics[mode]

@@ -31,6 +31,9 @@ Deviations from the paper, and why:
 - The templates and their few-shot examples are written for this project; the answer format is a header per span
   kind and one span per line (the paper: "[Span 1]: ..." lines, which the parser also accepts).
 - Self-critique here is the *current* policy; answers are not cached across steps (the critic changes).
+
+Numerical guards: the dense trainer's (:mod:`segrl.trainers.dense`, docs/NUMERICAL_GUARDS.md); span rewards are
+constants of the template, finite by construction, and a holistic reward function's NaN/±inf number stops the run.
 """
 
 from __future__ import annotations

@@ -16,6 +16,23 @@ ratio of sums, a total or a maximum over processes, so that a run on P processes
 global batch would. All of them are collectives: every process must call them in the same order, so none may sit
 behind a condition that differs between processes. :attr:`_generation_in_lockstep` says when extra generation
 (SPO's Monte Carlo rollouts) must also be issued in the same calls on every process.
+
+Numerical guards (docs/NUMERICAL_GUARDS.md, the training-step part in :mod:`segrl.trainers.guarded`); the choice for
+RL is to stop rather than train on a wrong number, except for the gradient, where a step can be skipped cleanly:
+
+- a reward function that returns a NaN or ±inf *number* stops the run at that step
+  (:class:`segrl.guards.NumericalError` naming the function, the row's prompt and completion), as does a reward
+  model's non-finite score (:meth:`_calculate_rewards`, which looks at what the functions return before TRL turns
+  None into NaN; after that TRL's ``nan_to_num`` on the advantages would hide it). ``None`` stays TRL's "not
+  applicable";
+- non-finite advantages on the loss mask stop it, naming the rows (:meth:`_set_token_advantages`, before whitening
+  would spread them to every row; entries off the mask become 0);
+- a non-finite loss stops it, naming the micro-batch (with finite advantages it means the policy's log-probs or
+  ratios overflowed, which the next batch from the same policy would repeat);
+- a non-finite gradient norm skips the optimizer step (parameters and optimizer state untouched), logs a warning and
+  ``guards/skipped_steps``; 3 skips in a row stop the run.
+
+Each decision is reduced over processes, so that all stop or skip together.
 """
 
 from __future__ import annotations
@@ -23,13 +40,19 @@ from __future__ import annotations
 from typing import Any
 
 import torch
+from torch import nn
 from trl import GRPOTrainer
+from trl.trainer.utils import is_async_callable
 
 from segrl import advantages as adv
+from segrl import guards
+from segrl.trainers.guarded import GuardedTrainerMixin
 
 
-class TokenCountingGRPOTrainer(GRPOTrainer):
+class TokenCountingGRPOTrainer(GuardedTrainerMixin, GRPOTrainer):
     """``GRPOTrainer`` that logs ``tokens/generated`` (cumulative completion tokens sampled, all processes)."""
+
+    guard_loss_action = "stop"  # RL: see "Numerical guards" in the module docstring
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
@@ -90,18 +113,100 @@ class TokenCountingGRPOTrainer(GRPOTrainer):
         return output
 
     def _calculate_rewards(self, inputs, prompts, completions, completion_ids_list):
+        # The reward functions are wrapped for the call, to see what they return before TRL turns None into NaN:
+        # None is "not applicable" (TRL's nansum leaves it out), a NaN or ±inf *number* is a bug that TRL's
+        # ``nan_to_num`` on the advantages would silently turn into 0 or a huge advantage.
+        returned: dict[int, list] = {}
+        functions = self.reward_funcs
+        self.reward_funcs = [self._recording(func, i, returned) for i, func in enumerate(functions)]
+        try:
+            rewards = super()._calculate_rewards(inputs, prompts, completions, completion_ids_list)
+        finally:
+            self.reward_funcs = functions
+        self._check_rewards(rewards, returned, prompts, completions)
         # Keep GRPO's rewards (gathered over processes, (N, num_reward_funcs)) so that no one scores twice.
-        self._last_rewards_per_func = super()._calculate_rewards(inputs, prompts, completions, completion_ids_list)
-        return self._last_rewards_per_func
+        self._last_rewards_per_func = rewards
+        return rewards
+
+    @staticmethod
+    def _recording(func, index: int, returned: dict[int, list]):
+        """``func`` with what it returns kept in ``returned[index]`` (a reward model, an ``nn.Module``, as is)."""
+        if isinstance(func, nn.Module):
+            return func
+        if is_async_callable(func):
+            async def recorded_async(*args, **kwargs):
+                returned[index] = list(await func(*args, **kwargs))
+                return returned[index]
+            return recorded_async
+
+        def recorded(*args, **kwargs):
+            returned[index] = list(func(*args, **kwargs))
+            return returned[index]
+        return recorded
+
+    def _check_rewards(self, rewards: torch.Tensor, returned: dict[int, list], prompts, completions) -> None:
+        """Stop the run (every process) if a reward function returned a NaN or ±inf number for a local row, or a
+        reward model (no None possible) scored one non-finite."""
+        start = self.accelerator.process_index * len(prompts)
+        local = slice(start, start + len(prompts))
+        problems = []
+        for i, name in enumerate(self.reward_func_names):
+            if i in returned:
+                bad = [(row, r) for row, r in enumerate(returned[i]) if guards.is_nonfinite_number(r)]
+            else:
+                column = rewards[local, i]
+                bad = [(row, column[row].item()) for row in guards.nonfinite_rows(column).tolist()]
+            for row, value in bad:
+                label = f"reward function {name!r} returned {value} (not None) for row {row}:"
+                problems.append(guards.describe_sample(prompts[row], completions[row], label=label))
+        message = None
+        if problems:
+            message = (f"Step {self._guard_step}: a reward must be a finite number, or None for 'not applicable'; "
+                       f"fix the reward function:\n{guards.describe_samples(problems)}")
+        self._stop_if_any(message)
+
+    def _describe_rows(self, output: dict[str, Any], rows) -> list[str]:
+        """Prompt and completion text of ``rows`` of a rollout batch (``prompt_ids``/``completion_ids`` and masks)."""
+        decode = self.processing_class.decode
+        samples = []
+        for row in list(rows):
+            prompt = output["prompt_ids"][row][output["prompt_mask"][row].bool()]
+            completion = output["completion_ids"][row][output["completion_mask"][row].bool()]
+            samples.append(guards.describe_sample(decode(prompt.tolist(), skip_special_tokens=True),
+                                                  decode(completion.tolist(), skip_special_tokens=True),
+                                                  label=f"row {row}:"))
+        return samples
+
+    def _guard_samples(self, batch) -> list[str]:
+        if not isinstance(batch, dict) or "completion_ids" not in batch:
+            return super()._guard_samples(batch)
+        rows = len(batch["completion_ids"])
+        samples = self._describe_rows(batch, range(min(rows, guards.MAX_SAMPLES)))
+        return samples + ([f"... {rows} rows"] if rows > guards.MAX_SAMPLES else [])
+
+    def _stop_if_nonfinite_rows(self, quantity: str, values: torch.Tensor, mask: torch.Tensor | None,
+                                output: dict[str, Any]) -> None:
+        """Stop the run (every process: a collective) if ``values`` (B, ...) hold a NaN or ±inf on ``mask``,
+        naming ``quantity``, the step and the offending rows of ``output`` (a rollout batch)."""
+        rows = guards.nonfinite_rows(values, mask)
+        message = None
+        if len(rows):
+            message = (f"Step {self._guard_step}: non-finite {quantity} in {len(rows)} of {len(values)} rows:\n"
+                       f"{guards.describe_samples(self._describe_rows(output, rows.tolist()))}")
+        self._stop_if_any(message)
 
     def _set_token_advantages(self, output: dict[str, Any], advantages: torch.Tensor, loss_mask: torch.Tensor,
                               whiten: bool) -> None:
         """Hand (B, T) advantages to TRL's loss: whitened over the tokens in ``loss_mask`` (across processes) if
-        ``whiten``, zero off it; the mask goes in as ``tool_mask``, the one per-token weight TRL's loss applies."""
+        ``whiten``, zero off it; the mask goes in as ``tool_mask``, the one per-token weight TRL's loss applies.
+        A NaN or ±inf advantage on the mask stops the run (checked before whitening, which would spread it to every
+        row); whatever is off the mask becomes 0."""
+        self._stop_if_nonfinite_rows("advantages", advantages, loss_mask, output)
         if whiten:
             moments = self.accelerator.reduce(adv.masked_moments(advantages, loss_mask), reduction="sum")
             advantages = adv.whiten(advantages, loss_mask, moments=moments)
-        output["advantages"] = advantages * loss_mask
+        output["advantages"] = torch.where(loss_mask.bool(), advantages, torch.zeros((), dtype=advantages.dtype,
+                                                                                      device=advantages.device))
         output["tool_mask"] = loss_mask.long()
         output["num_items_in_batch"] = self.accelerator.gather(loss_mask.sum()).sum()
 
@@ -119,3 +224,4 @@ class TokenCountingGRPOTrainer(GRPOTrainer):
             )
             output["old_per_token_logps"] = logps
         return logps
+

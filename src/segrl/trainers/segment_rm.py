@@ -14,6 +14,12 @@ names the model that segmented them, and ``segrl train rm`` refuses a backbone t
 is not finite (a response with no segment, or a NaN from the model) is left out of the loss and counted in the
 ``skipped_pairs`` metric; a batch with none left contributes a zero loss.
 
+Numerical guards (docs/NUMERICAL_GUARDS.md, :mod:`segrl.trainers.guarded`): in training, a NaN or ±inf score of the
+model on a segment token is the model failing (unlike a response with no segment): the optimizer step is skipped
+with a warning naming the step and the responses (:meth:`SegmentRewardTrainer._flag_nonfinite_scores`); so is a step
+with a non-finite loss or gradient norm. ``guards/skipped_steps`` counts them and 3 in a row stop the run. Skip
+rather than stop, as for DenseDPO: one extreme batch of fixed data need not end a run, a persistent failure does.
+
 Paper settings (preference_700K, 1 epoch, lr 1e-6, batch 128) are for 8B models; the defaults here are TRL's.
 Metrics: TRL's ``accuracy``, ``margin``, ``mean_reward`` plus ``segments/per_response`` and ``skipped_pairs``.
 """
@@ -29,9 +35,10 @@ from torch import nn
 from trl import RewardConfig, RewardTrainer
 from trl.trainer.utils import pad
 
-from segrl import segment_rm
+from segrl import guards, segment_rm
 from segrl import segmentation as seg
 from segrl.errors import UserError
+from segrl.trainers.guarded import GuardedTrainerMixin
 
 logger = logging.getLogger(__name__)
 
@@ -82,8 +89,10 @@ class SegmentPreferenceCollator:
         return batch
 
 
-class SegmentRewardTrainer(RewardTrainer):
+class SegmentRewardTrainer(GuardedTrainerMixin, RewardTrainer):
     """``RewardTrainer`` whose score is the mean of segment rewards (see the module docstring)."""
+
+    guard_loss_action = "skip"  # see "Numerical guards" in the module docstring
 
     def __init__(self, model, args: SegmentRewardConfig, train_dataset, processing_class, **kwargs):
         for name, dataset in (("train", train_dataset), ("eval", kwargs.get("eval_dataset"))):
@@ -116,6 +125,8 @@ class SegmentRewardTrainer(RewardTrainer):
         token_scores = outputs.logits[..., 0].float()
         segment_ids = segment_rm.variant_segment_ids(inputs["segment_ids"], inputs["completion_mask"],
                                                      self.args.variant)
+        if mode == "train":
+            self._flag_nonfinite_scores(inputs, token_scores, segment_ids)
         scores = segment_rm.sequence_scores(token_scores, segment_ids)
         chosen, rejected = scores.chunk(2)
         valid = torch.isfinite(chosen) & torch.isfinite(rejected)
@@ -139,3 +150,16 @@ class SegmentRewardTrainer(RewardTrainer):
                 metrics["mean_reward"].append(kept.mean().item())
             metrics["segments/per_response"].append(seg.num_segments(segment_ids).float().mean().item())
         return (loss, outputs) if return_outputs else loss
+
+    def _flag_nonfinite_scores(self, inputs, token_scores: torch.Tensor, segment_ids: torch.Tensor) -> None:
+        """Flag the micro-batch (the step is then skipped) if the model scored a segment end NaN or ±inf: unlike a
+        response with no segment, that is the model failing, and the pair would otherwise just drop out."""
+        read = segment_ids >= 0  # the variant's segment tokens (each segment is read at its last one)
+        rows = guards.nonfinite_rows(token_scores, read).tolist()
+        if rows:
+            half, ids, mask = len(token_scores) // 2, inputs["input_ids"], inputs["attention_mask"].bool()
+            samples = [guards.describe_sample(
+                label=f"{'chosen' if row < half else 'rejected'} response of pair {row % half}:",
+                text=self.processing_class.decode(ids[row][mask[row]].tolist(), skip_special_tokens=True),
+            ) for row in rows]
+            self._guard_flag(f"non-finite reward-model scores in {len(rows)} responses: {'; '.join(samples)}")

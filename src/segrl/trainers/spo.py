@@ -71,6 +71,12 @@ scoring) and ``time/mc_seconds`` (TRL's ``step_time`` is the whole step, trainin
 policy plus MC) is the cost axis shared with the GRPO baseline (:mod:`segrl.trainers.grpo`). Tree:
 ``tree_nodes``, ``tree_examples``, ``policy_tokens`` (all of the tree's tokens), ``mean_length``,
 ``masked_in_fraction`` and ``time/tree_seconds``.
+
+Numerical guards: the base trainer's (:mod:`segrl.trainers.grpo`: rewards of the sampled completions, advantages,
+loss, gradient), plus the rewards of Monte Carlo continuations and tree leaves: a reward function's NaN or ±inf
+number stops the run in :meth:`SPOTrainer._score`, naming the function, the prompt and the continuation. That error
+is raised on the process that scored it: the number of scoring calls differs between processes, so no collective can
+sit there (the launcher then ends the other processes).
 """
 
 from __future__ import annotations
@@ -89,6 +95,7 @@ from trl.data_utils import is_conversational
 from trl.trainer.utils import pad, use_adapter
 
 from segrl import advantages as adv
+from segrl import guards
 from segrl import segmentation as seg
 from segrl.errors import UserError
 from segrl.trainers.grpo import TokenCountingGRPOTrainer
@@ -404,10 +411,25 @@ class SPOTrainer(TokenCountingGRPOTrainer):
         columns = {k: [row[k] for row in rows] for k in rows[0] if k not in ("prompt", "completion")}
         scores = torch.zeros(len(rows), len(self.reward_funcs))
         for i, func in enumerate(self.reward_funcs):
-            rewards = func(prompts=prompts, completions=completions, completion_ids=full_ids, **columns)
+            rewards = list(func(prompts=prompts, completions=completions, completion_ids=full_ids, **columns))
+            self._check_mc_rewards(self.reward_func_names[i], rewards, prompts, completions)
             scores[:, i] = torch.tensor([torch.nan if r is None else r for r in rewards], dtype=torch.float32)
         total = (scores * self.reward_weights.cpu()).nansum(dim=1)
         return total.masked_fill(unfinished | torch.isnan(scores).all(dim=1), 0.0)
+
+    def _check_mc_rewards(self, name: str, rewards: list, prompts: list, completions: list) -> None:
+        """Stop the run if reward function ``name`` returned a NaN or ±inf number (None is fine) for a Monte Carlo
+        continuation or tree leaf. Raised on this process alone: the number of scoring calls differs between
+        processes, so no collective can sit here (the launcher ends the other processes)."""
+        bad = [row for row, r in enumerate(rewards) if guards.is_nonfinite_number(r)]
+        if bad:
+            samples = [guards.describe_sample(prompts[row], completions[row],
+                                              label=f"reward function {name!r} returned {rewards[row]} (not None) "
+                                                    f"for continuation {row}:") for row in bad]
+            raise guards.NumericalError(
+                f"Step {self._guard_step}: a reward must be a finite number, or None for 'not applicable'; fix the "
+                f"reward function (Monte Carlo / tree scoring):\n{guards.describe_samples(samples)}"
+            )
 
     # ------------------------------------------------------------------------------------------------ SPO-tree
 
