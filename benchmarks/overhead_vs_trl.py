@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import platform
 import resource
@@ -44,6 +45,8 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+
+from segrl.files import write_text_atomic
 
 ARMS = ("trl-grpo", "segrl-grpo", "spo-as-grpo", "spo-chain", "spo-tree", "dense-gae")
 
@@ -160,14 +163,17 @@ def run_arm(arm: str, args) -> dict:
         peak = (torch.cuda.max_memory_allocated() if device == "cuda"
                 else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
         steps = [log for log in timer.logs if "loss" in log][args.warmup:]
-        counter = FlopCounterMode(display=False)
-        flop_trainer = build(tmp, 1, [])
-        with counter:
-            flop_trainer.train()
+        flops = None
+        if not args.no_flops:
+            counter = FlopCounterMode(display=False)
+            flop_trainer = build(tmp, 1, [])
+            with counter:
+                flop_trainer.train()
+            flops = counter.get_total_flops()
     step_seconds = statistics.median(timer.seconds[args.warmup:])
     result = {"arm": arm, "model": args.model, "device": device, "steps": len(timer.seconds) - args.warmup,
               "step_seconds": step_seconds, "step_seconds_all": timer.seconds, "peak_memory_bytes": peak,
-              "flops_per_step": counter.get_total_flops(), "torch_threads": torch.get_num_threads(),
+              "flops_per_step": flops, "torch_threads": torch.get_num_threads(),
               "completion_tokens_per_step": statistics.mean(
                   log.get("completions/mean_length", 0) * args.batch for log in steps)}
     if spent["outer"]:
@@ -193,6 +199,8 @@ def main():
     parser.add_argument("--warmup", type=int, default=2, help="untimed steps first")
     parser.add_argument("--batch", type=int, default=64, help="completions per step (8 per prompt)")
     parser.add_argument("--completion-length", type=int, default=48)
+    parser.add_argument("--no-flops", action="store_true",
+                        help="skip the FLOP count (an extra step under FlopCounterMode, slow for large models)")
     parser.add_argument("--output", default="runs/overhead_vs_trl.json")
     parser.add_argument("--arm", help=argparse.SUPPRESS)  # internal: run one arm in this process
     args = parser.parse_args()
@@ -211,11 +219,11 @@ def main():
         print(f"== {arm}", flush=True)
         command = [sys.executable, __file__, "--arm", arm, "--model", args.model, "--steps", str(args.steps),
                    "--warmup", str(args.warmup), "--batch", str(args.batch),
-                   "--completion-length", str(args.completion_length)]
+                   "--completion-length", str(args.completion_length), *(["--no-flops"] if args.no_flops else [])]
         done = subprocess.run(command, check=True, capture_output=True, text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"})
         results["arms"][arm] = json.loads(done.stdout.strip().splitlines()[-1])
-    Path(args.output).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.output).write_text(json.dumps(results, indent=2) + "\n")
+        Path(args.output).parent.mkdir(parents=True, exist_ok=True)  # after every arm: a stopped run keeps its arms
+        write_text_atomic(Path(args.output), json.dumps(results, indent=2) + "\n")
 
     peak = results["matmul_peak_flops"]
     print(f"\n{args.model} on {device}, batch {args.batch}, completions <= {args.completion_length} tokens, "
@@ -224,12 +232,12 @@ def main():
     print(f"{'arm':<12} {'step s':>8} {'vs TRL':>8} {'segrl s':>8} {'of step':>8} {'length':>7} {'GFLOP/step':>11} "
           f"{'GFLOP/s':>8} {'of peak':>8} {'peak MiB':>9}")
     for arm, r in results["arms"].items():
-        rate = r["flops_per_step"] / r["step_seconds"]
+        rate = (r["flops_per_step"] or math.nan) / r["step_seconds"]
         versus = f"{r['step_seconds'] / base - 1:+.1%}" if base else "-"
         own = r.get("machinery_seconds")
         own_cells = f"{own:>8.3f} {own / r['step_seconds']:>8.1%}" if own is not None else f"{'-':>8} {'-':>8}"
         print(f"{arm:<12} {r['step_seconds']:>8.2f} {versus:>8} {own_cells} {r['mean_completion_length']:>7.1f} "
-              f"{r['flops_per_step'] / 1e9:>11.1f} {rate / 1e9:>8.2f} {rate / peak:>8.1%} "
+              f"{(r['flops_per_step'] or math.nan) / 1e9:>11.1f} {rate / 1e9:>8.2f} {rate / peak:>8.1%} "
               f"{r['peak_memory_bytes'] / 2**20:>9.0f}")
     chain = results["arms"].get("spo-chain")
     if chain and chain["mc_seconds"] and chain["generation_seconds"]:
