@@ -40,6 +40,15 @@ def test_failed_build_leaves_nothing_and_can_be_retried(tmp_path):
     assert (target / "ok").exists() and not (target / "partial").exists()
 
 
+def test_a_killed_build_leaves_a_temporary_directory_that_the_next_build_removes(tmp_path):
+    # SIGKILL runs no cleanup: the temporary directory stays; other presets' directories are not touched
+    (tmp_path / "preset.tmp-abc123").mkdir()
+    (tmp_path / "preset.tmp-abc123" / "partial").write_text("x")
+    (tmp_path / "other.tmp-def456").mkdir()
+    cached_build(tmp_path / "preset", lambda out_dir: (out_dir / "ok").write_text("y"))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["other.tmp-def456", "preset", "preset.lock"]
+
+
 def _slow_build_in_process(target, log):
     def build(out_dir):
         with open(log, "a") as handle:

@@ -100,7 +100,8 @@ def cached_build(final_dir: Path, build: Callable[[Path], None]) -> Path:
 
     The build writes into a fresh temporary directory beside ``final_dir``, which is renamed into place only after
     ``build`` returns; a failed build leaves nothing behind. A file lock makes concurrent callers wait for one
-    build instead of racing.
+    build instead of racing. The temporary directories of a build that was killed (no ``finally`` runs on SIGKILL)
+    are removed by the next build of the same preset, which holds the lock, so none of them is still in use.
     """
     if final_dir.is_dir():
         return final_dir
@@ -108,6 +109,8 @@ def cached_build(final_dir: Path, build: Callable[[Path], None]) -> Path:
     with FileLock(str(final_dir) + ".lock"):
         if final_dir.is_dir():  # another process built it while we waited for the lock
             return final_dir
+        for stale in final_dir.parent.glob(final_dir.name + ".tmp-*"):
+            shutil.rmtree(stale, ignore_errors=True)
         tmp_dir = Path(tempfile.mkdtemp(prefix=final_dir.name + ".tmp-", dir=final_dir.parent))
         try:
             build(tmp_dir)
