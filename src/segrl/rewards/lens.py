@@ -167,48 +167,63 @@ def _texts(completions) -> list[str]:
     return [text if (text := completion_text(c)) is not None else "" for c in completions]
 
 
+def _column(name: str, values: Any, n: int) -> list:
+    if values is None:
+        raise UserError(f"the dataset has no {name!r} column (one ground truth per completion)")
+    if len(values) != n:
+        raise UserError(f"got {n} completions but {len(values)} values in column {name!r}")
+    return list(values)
+
+
+def box_ious(completions, box) -> list[float | None]:
+    """Plain IoU of each completion's parsed box (:func:`parse_box`) with its ``box`` ground truth: 0.0 for an
+    unparsed answer, None where the ground truth is None; :class:`UserError` for a missing or malformed column."""
+    ious: list[float | None] = []
+    for text, gt in zip(_texts(completions), _column("box", box, len(completions))):
+        if gt is None:
+            ious.append(None)
+            continue
+        gt_box = _gt_box(gt)  # validated even when the answer is unparsed
+        pred = parse_box(text)
+        ious.append(0.0 if pred is None else float(box_iou(torch.tensor([pred], dtype=torch.float64), gt_box[None])[0]))
+    return ious
+
+
+def mask_ious(completions, mask) -> list[float | None]:
+    """Plain IoU of each completion's rasterised parsed box with its ``mask`` ground truth (RLE) on the mask's
+    grid: 0.0 for an unparsed answer, None where the ground truth is None; :class:`UserError` for a missing or
+    malformed column."""
+    ious: list[float | None] = []
+    for text, gt in zip(_texts(completions), _column("mask", mask, len(completions))):
+        if gt is None:
+            ious.append(None)
+            continue
+        gt_mask = rle_decode(gt)  # validated even when the answer is unparsed
+        pred = parse_box(text)
+        ious.append(0.0 if pred is None else float(mask_iou(rasterize_box(pred, *gt_mask.shape)[None], gt_mask[None])[0]))
+    return ious
+
+
 def format_reward(prompts, completions, **kwargs) -> list[float]:
     """1.0 for a completion that is exactly a think block then an answer block, else 0.0 (sentence level)."""
     return [1.0 if format_ok(text) else 0.0 for text in _texts(completions)]
 
 
-def box_iou_reward(prompts, completions, box, **kwargs) -> list[float | None]:
+def box_iou_reward(prompts, completions, box=None, **kwargs) -> list[float | None]:
     """IoU(parsed box, ``box``)²; 0.0 for an unparsed answer, None where the ground truth is None (box level)."""
-    rewards: list[float | None] = []
-    for text, gt in zip(_texts(completions), box, strict=True):
-        pred = parse_box(text)
-        if gt is None:
-            rewards.append(None)
-        elif pred is None:
-            rewards.append(0.0)
-        else:
-            iou = box_iou(torch.tensor([pred], dtype=torch.float64), _gt_box(gt)[None])
-            rewards.append(float(iou[0]) ** 2)
-    return rewards
+    return [None if iou is None else iou ** 2 for iou in box_ious(completions, box)]
 
 
-def mask_iou_reward(prompts, completions, mask, **kwargs) -> list[float | None]:
+def mask_iou_reward(prompts, completions, mask=None, **kwargs) -> list[float | None]:
     """IoU(rasterised parsed box, ``mask``)² on the mask's grid; 0.0 for an unparsed answer, None where the
     ground truth is None (segment level)."""
-    rewards: list[float | None] = []
-    for text, gt in zip(_texts(completions), mask, strict=True):
-        pred = parse_box(text)
-        if gt is None:
-            rewards.append(None)
-            continue
-        gt_mask = rle_decode(gt)  # validate the ground truth even when the answer is unparsed
-        if pred is None:
-            rewards.append(0.0)
-        else:
-            pred_mask = rasterize_box(pred, *gt_mask.shape)
-            rewards.append(float(mask_iou(pred_mask[None], gt_mask[None])[0]) ** 2)
-    return rewards
+    return [None if iou is None else iou ** 2 for iou in mask_ious(completions, mask)]
 
 
 #: The three LENS rewards, in the order GRPO sums and logs them.
 REWARD_FUNCS = [format_reward, box_iou_reward, mask_iou_reward]
 
 __all__ = [
-    "FORMAT_PATTERN", "REWARD_FUNCS", "answer_text", "box_iou", "box_iou_reward", "format_ok", "format_reward",
-    "mask_iou", "mask_iou_reward", "parse_box", "rasterize_box", "rle_decode", "rle_encode",
+    "FORMAT_PATTERN", "REWARD_FUNCS", "answer_text", "box_iou", "box_iou_reward", "box_ious", "format_ok",
+    "format_reward", "mask_iou", "mask_iou_reward", "mask_ious", "parse_box", "rasterize_box", "rle_decode", "rle_encode",
 ]

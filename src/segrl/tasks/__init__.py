@@ -100,6 +100,18 @@ def with_defaults(task: str, defaults: dict[str, Any], difficulty: dict[str, Any
     return {**defaults, **difficulty}
 
 
+def check_call(task: str, splits: tuple[str, ...], split: Any, size: Any, seed: Any,
+               size_name: str = "num_examples") -> None:
+    """Raise :class:`UserError` unless ``split`` is one of ``splits``, ``size`` an integer >= 0 and ``seed`` an
+    integer (bools are not integers here): the arguments every task's ``make_rows`` takes."""
+    if split not in splits:
+        raise UserError(f"{task}: split must be one of {', '.join(splits)}, got {split!r}")
+    if isinstance(size, bool) or not isinstance(size, int) or size < 0:
+        raise UserError(f"{task}: {size_name} must be an integer >= 0, got {size!r}")
+    if isinstance(seed, bool) or not isinstance(seed, int):
+        raise UserError(f"{task}: seed must be an integer, got {seed!r}")
+
+
 def need_int(task: str, knobs: dict[str, Any], name: str, low: int) -> None:
     """Raise :class:`UserError` unless ``knobs[name]`` is an integer (not a bool) >= ``low``."""
     value = knobs[name]
@@ -114,4 +126,4 @@ def canonical_ops(task: str, ops: Any) -> str:
     return "".join(o for o in "+-*" if o in ops)
 
 
-__all__ = ["TASKS", "canonical_ops", "completion_text", "get_task", "need_int", "task_names", "with_defaults"]
+__all__ = ["TASKS", "canonical_ops", "check_call", "completion_text", "get_task", "need_int", "task_names", "with_defaults"]

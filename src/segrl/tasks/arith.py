@@ -81,7 +81,7 @@ from decimal import Decimal, InvalidOperation
 from typing import Any
 
 from segrl.errors import UserError
-from segrl.tasks import canonical_ops, completion_text, need_int, with_defaults
+from segrl.tasks import canonical_ops, check_call, completion_text, need_int, with_defaults
 
 #: Default difficulty (see the module docstring for what each knob does).
 DEFAULT_DIFFICULTY: dict[str, Any] = {
@@ -203,12 +203,7 @@ def _render(rng: random.Random, start: int, steps: list[tuple[str, int]]) -> dic
 
 def make_rows(split: str, num_examples: int, seed: int = 0, **difficulty: Any) -> list[dict[str, Any]]:
     """The rows of :func:`make_dataset` as a list of dicts (no ``datasets`` overhead)."""
-    if split not in SPLITS:
-        raise UserError(f"arith: split must be one of {', '.join(SPLITS)}, got {split!r}")
-    if isinstance(num_examples, bool) or not isinstance(num_examples, int) or num_examples < 0:
-        raise UserError(f"arith: num_examples must be an integer >= 0, got {num_examples!r}")
-    if isinstance(seed, bool) or not isinstance(seed, int):
-        raise UserError(f"arith: seed must be an integer, got {seed!r}")
+    check_call("arith", SPLITS, split, num_examples, seed)
     d = _check_difficulty(difficulty)
     rng = random.Random(f"arith/{split}/{seed}")
     rows: list[dict[str, Any]] = []

@@ -126,7 +126,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from segrl.errors import UserError
-from segrl.tasks import canonical_ops, completion_text, need_int, with_defaults
+from segrl.tasks import canonical_ops, check_call, completion_text, need_int, with_defaults
 
 #: Default difficulty (see the module docstring for what each knob does).
 DEFAULT_DIFFICULTY: dict[str, Any] = {
@@ -278,14 +278,6 @@ def _check_difficulty(difficulty: dict[str, Any]) -> dict[str, Any]:
     return d
 
 
-def _check_call(split: Any, size: Any, seed: Any, size_name: str) -> None:
-    if split not in SPLITS:
-        raise UserError(f"facts: split must be one of {', '.join(SPLITS)}, got {split!r}")
-    if isinstance(size, bool) or not isinstance(size, int) or size < 0:
-        raise UserError(f"facts: {size_name} must be an integer >= 0, got {size!r}")
-    if isinstance(seed, bool) or not isinstance(seed, int):
-        raise UserError(f"facts: seed must be an integer, got {seed!r}")
-
 
 def held_out_template(op: str, number: int, num_facts: int) -> int:
     """Index in :data:`TEMPLATES` of the one wording of topic (op, number, num_facts) that belongs to ``test``."""
@@ -333,7 +325,7 @@ def _draw_response(rng: random.Random, op: str, n: int, d: dict[str, Any]) -> tu
 
 def make_rows(split: str, num_examples: int, seed: int = 0, **difficulty: Any) -> list[dict[str, Any]]:
     """The rows of :func:`make_dataset` as a list of dicts (no ``datasets`` overhead)."""
-    _check_call(split, num_examples, seed, "num_examples")
+    check_call("facts", SPLITS, split, num_examples, seed)
     d = _check_difficulty(difficulty)
     rng = random.Random(f"facts/{split}/{seed}")
     rows = []
@@ -391,7 +383,7 @@ def make_preference_rows(
     **difficulty: Any,
 ) -> list[dict[str, Any]]:
     """The rows of :func:`make_preference_dataset` as a list of dicts."""
-    _check_call(split, num_pairs, seed, "num_pairs")
+    check_call("facts", SPLITS, split, num_pairs, seed, "num_pairs")
     if (
         isinstance(bt_temperature, bool)
         or not isinstance(bt_temperature, (int, float))

@@ -117,7 +117,7 @@ import torch
 
 from segrl.errors import UserError
 from segrl.rewards import lens
-from segrl.tasks import completion_text, need_int, with_defaults
+from segrl.tasks import check_call, need_int, with_defaults
 
 #: Default difficulty (see the module docstring for what each knob does).
 DEFAULT_DIFFICULTY: dict[str, Any] = {"grid": 64, "num_shapes": 3}
@@ -465,17 +465,8 @@ def _draw_examples(split: str, num_examples: int, seed: int, d: dict[str, Any]):
         yield scene, question, expr, target
 
 
-def _check_args(split: Any, num_examples: Any, seed: Any) -> None:
-    if split not in SPLITS:
-        raise UserError(f"grounding: split must be one of {', '.join(SPLITS)}, got {split!r}")
-    if isinstance(num_examples, bool) or not isinstance(num_examples, int) or num_examples < 0:
-        raise UserError(f"grounding: num_examples must be an integer >= 0, got {num_examples!r}")
-    if isinstance(seed, bool) or not isinstance(seed, int):
-        raise UserError(f"grounding: seed must be an integer, got {seed!r}")
-
-
 def _text_rows(split: str, num_examples: int, seed: int, **difficulty: Any) -> list[dict[str, Any]]:
-    _check_args(split, num_examples, seed)
+    check_call("grounding", SPLITS, split, num_examples, seed)
     d = _check_difficulty(difficulty)
     rows = []
     for scene, question, expr, target in _draw_examples(split, num_examples, seed, d):
@@ -506,7 +497,7 @@ def make_rows(split: str, num_examples: int, seed: int = 0, **difficulty: Any) -
 def make_scenes(split: str, num_examples: int, seed: int = 0, **difficulty: Any) -> list[tuple[Scene, str, str, int]]:
     """The structured examples behind :func:`make_rows` (same arguments, same order): (scene, question type,
     expression text, target index)."""
-    _check_args(split, num_examples, seed)
+    check_call("grounding", SPLITS, split, num_examples, seed)
     return list(_draw_examples(split, num_examples, seed, _check_difficulty(difficulty)))
 
 
@@ -546,41 +537,6 @@ def corpus(seed: int = 0) -> list[str]:
 # reward and metrics
 
 
-def _boxes_column(box: Any, n: int, who: str) -> list[list[float]]:
-    if box is None:
-        raise UserError(f"grounding {who}: the dataset has no 'box' column (make it with segrl.tasks.grounding)")
-    if len(box) != n:
-        raise UserError(f"grounding {who}: got {n} completions but {len(box)} values in column 'box'")
-    out = []
-    for i, b in enumerate(box):
-        try:
-            values = [float(v) for v in b]
-        except (TypeError, ValueError):
-            values = []
-        if len(values) != 4 or any(isinstance(v, bool) for v in b):
-            raise UserError(f"grounding {who}: row {i}: column 'box' must be 4 numbers [x1,y1,x2,y2], got {b!r}")
-        out.append(values)
-    return out
-
-
-def _parse(completion: Any) -> tuple[float, float, float, float] | None:
-    text = completion_text(completion)
-    return None if text is None else lens.parse_box(text)
-
-
-def _box_ious(completions: list[Any], gt: list[list[float]]) -> tuple[list[float], list[Any]]:
-    """Plain box IoU per completion (0 when the answer does not parse), and the parsed boxes (or None)."""
-    parsed = [_parse(c) for c in completions]
-    ious = [0.0] * len(completions)
-    idx = [i for i, p in enumerate(parsed) if p is not None]
-    if idx:
-        pred = torch.tensor([parsed[i] for i in idx], dtype=torch.float64)
-        truth = torch.tensor([gt[i] for i in idx], dtype=torch.float64)
-        for i, v in zip(idx, lens.box_iou(pred, truth).tolist()):
-            ious[i] = v
-    return ious, parsed
-
-
 def reward(prompts: list[Any], completions: list[Any], box: list[Any] | None = None, **kwargs: Any) -> list[float]:
     """Acc@0.5: 1.0 for each completion whose answer box (:func:`segrl.rewards.lens.parse_box`) has IoU >= 0.5
     with the ``box`` column, else 0.0. TRL's reward-function signature; other columns and keywords are ignored.
@@ -588,9 +544,7 @@ def reward(prompts: list[Any], completions: list[Any], box: list[Any] | None = N
     Completions may be strings or conversational message lists. A missing or malformed ``box`` column is a data
     error and raises :class:`UserError`; a completion never makes it raise.
     """
-    gt = _boxes_column(box, len(completions), "reward")
-    ious, _ = _box_ious(completions, gt)
-    return [1.0 if v >= 0.5 else 0.0 for v in ious]
+    return [1.0 if (iou or 0.0) >= 0.5 else 0.0 for iou in lens.box_ious(completions, box)]
 
 
 def metrics(
@@ -600,24 +554,13 @@ def metrics(
     """Batch means of ``format_rate`` (LENS's format reward), ``box_iou`` and ``mask_iou`` (plain IoU, 0 for an
     unparsed answer; the mask level compares the rasterised predicted box with the ``mask`` column) and
     ``acc_at_0.5`` (:func:`reward`). An empty batch gives zeros."""
+    box_ious = [iou or 0.0 for iou in lens.box_ious(completions, box)]
+    mask_ious = [iou or 0.0 for iou in lens.mask_ious(completions, mask)]
     n = len(completions)
-    gt = _boxes_column(box, n, "metrics")
-    if mask is None or len(mask) != n:
-        raise UserError("grounding metrics: the dataset needs a 'mask' column with one RLE per completion")
     if n == 0:
         return {"format_rate": 0.0, "box_iou": 0.0, "mask_iou": 0.0, "acc_at_0.5": 0.0}
-    box_ious, parsed = _box_ious(completions, gt)
-    mask_ious = []
-    for p, rle in zip(parsed, mask):
-        truth = lens.rle_decode(rle)
-        if p is None:
-            mask_ious.append(0.0)
-            continue
-        pred = lens.rasterize_box(p, truth.shape[0], truth.shape[1])
-        mask_ious.append(float(lens.mask_iou(pred[None], truth[None])[0]))
-    formats = lens.format_reward(prompts, completions, box=box, mask=mask)
     return {
-        "format_rate": sum(float(f) for f in formats) / n,
+        "format_rate": sum(lens.format_reward(prompts, completions)) / n,
         "box_iou": sum(box_ious) / n,
         "mask_iou": sum(mask_ious) / n,
         "acc_at_0.5": sum(1.0 for v in box_ious if v >= 0.5) / n,

@@ -81,7 +81,7 @@ import zlib
 from typing import Any
 
 from segrl.errors import UserError
-from segrl.tasks import completion_text, with_defaults
+from segrl.tasks import check_call, completion_text, with_defaults
 
 #: Default difficulty (see the module docstring for what the knob does).
 DEFAULT_DIFFICULTY: dict[str, Any] = {"negative_share": 0.5}
@@ -231,12 +231,7 @@ def _check_difficulty(difficulty: dict[str, Any]) -> dict[str, Any]:
 
 def make_rows(split: str, num_examples: int, seed: int = 0, **difficulty: Any) -> list[dict[str, Any]]:
     """The rows of :func:`make_dataset` as a list of dicts (no ``datasets`` overhead)."""
-    if split not in SPLITS:
-        raise UserError(f"sentiment: split must be one of {', '.join(SPLITS)}, got {split!r}")
-    if isinstance(num_examples, bool) or not isinstance(num_examples, int) or num_examples < 0:
-        raise UserError(f"sentiment: num_examples must be an integer >= 0, got {num_examples!r}")
-    if isinstance(seed, bool) or not isinstance(seed, int):
-        raise UserError(f"sentiment: seed must be an integer, got {seed!r}")
+    check_call("sentiment", SPLITS, split, num_examples, seed)
     d = _check_difficulty(difficulty)
     rng = random.Random(f"sentiment/{split}/{seed}")
     rows = []

@@ -186,7 +186,6 @@ class DenseRewardTrainer(TokenCountingGRPOTrainer):
     def _generate_and_score_completions(self, inputs: list[dict[str, Any]]) -> dict[str, Any]:
         output = super()._generate_and_score_completions(inputs)
         args, mode = self.args, "train" if self.model.training else "eval"
-        metrics = self._metrics[mode]
         prompt_ids, prompt_mask = output["prompt_ids"], output["prompt_mask"]
         completion_ids, completion_mask = output["completion_ids"], output["completion_mask"]
         mask = completion_mask.bool()
