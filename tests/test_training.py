@@ -41,6 +41,8 @@ def test_unknown_method_and_bad_flag():
     assert result.exit_code == 2 and "partition" in result.output
     result = runner.invoke(app, ["train", "grpo", "--eval_every", "3", "--logging_steps", "2"])
     assert result.exit_code == 2 and "must be a multiple of --logging_steps" in result.output
+    result = runner.invoke(app, ["train", "grpo", "--eval_every", "0"])
+    assert result.exit_code == 2 and "--eval_every must be >= 1, got 0" in result.output
 
 
 def test_generated_token_budget_stops_training(random_model_dir, tmp_path):

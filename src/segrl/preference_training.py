@@ -7,18 +7,19 @@
   with segment ids and segment labels (:data:`segrl.trainers.dense_dpo.DENSE_DPO_COLUMNS`, as written by
   :mod:`segrl.aligned_pairs`).
 
-Both write ``config.json``, ``metrics.jsonl`` (every trainer log, flushed line by line) and ``final/`` (model and
-tokenizer, safetensors) into ``output_dir``. The reference model is TRL's: a frozen copy of the starting weights.
+Both write ``config.json``, ``metrics.jsonl`` (every trainer log, flushed line by line), ``checkpoint-<step>/``
+every ``save_steps`` (``--resume`` continues from the newest complete one: :mod:`segrl.checkpoints`) and ``final/``
+(model and tokenizer, safetensors) into ``output_dir``. The reference model is TRL's: a frozen copy of the starting weights.
 """
 
 from __future__ import annotations
 
-import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from segrl.checkpoints import METRICS, RESUME_HELP, start_run
 from segrl.errors import UserError
-from segrl.files import read_jsonl_numbered, write_text_atomic
+from segrl.files import read_jsonl_numbered
 
 __all__ = ["PreferenceRunArguments", "train_preference"]
 
@@ -33,6 +34,7 @@ class PreferenceRunArguments:
                                                           "pre-tokenized aligned pairs with segment labels (densedpo)."})
     model: str = field(default="tiny-facts", metadata={"help": "Policy: a preset, a local directory or a hub id."})
     cache_dir: str | None = field(default=None, metadata={"help": "Preset cache [default: $SEGRL_CACHE]."})
+    resume: bool = field(default=False, metadata={"help": RESUME_HELP})
 
 
 def train_preference(method: str, run: PreferenceRunArguments, config) -> Path:
@@ -44,6 +46,7 @@ def train_preference(method: str, run: PreferenceRunArguments, config) -> Path:
     from segrl.models import load_pretrained, resolve_model_path
     from segrl.reward_training import JsonlLogger, save_final
     from segrl.trainers.dense_dpo import DENSE_DPO_COLUMNS, DenseDPOTrainer, validate_dense_dpo_row
+    from segrl.trainers.resumable import ResumableTrainerMixin
     from segrl.training import run_record
 
     if method not in METHODS:
@@ -70,14 +73,18 @@ def train_preference(method: str, run: PreferenceRunArguments, config) -> Path:
         _check_token_ids(run.train_file, numbered, model.config.vocab_size)
 
     out = Path(config.output_dir)
-    out.mkdir(parents=True, exist_ok=True)
     resolved = {"method": method, "run": asdict(run), "trainer": config.to_dict(), "pairs": len(rows), **run_record()}
-    write_text_atomic(out / "config.json", json.dumps(resolved, indent=2, default=str) + "\n")
-    trainer_class = DPOTrainer if method == "dpo" else DenseDPOTrainer
+    main_process = config.process_index == 0
+    checkpoint = start_run(out, run.resume, resolved, main_process)
+
+    class ResumableDPOTrainer(ResumableTrainerMixin, DPOTrainer):
+        """TRL's DPO with segrl's crash-safe checkpoints."""
+
+    trainer_class = ResumableDPOTrainer if method == "dpo" else DenseDPOTrainer
     trainer = trainer_class(model=model, args=config, train_dataset=Dataset.from_list(rows),
-                            processing_class=tokenizer, callbacks=[JsonlLogger(out / "metrics.jsonl")])
+                            processing_class=tokenizer, callbacks=[JsonlLogger(out / METRICS)])
     trainer.remove_callback(PrinterCallback)
-    trainer.train()
+    trainer.train(resume_from_checkpoint=checkpoint)
     save_final(trainer, out)
     return out
 

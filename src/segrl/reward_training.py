@@ -27,8 +27,8 @@ from typing import Any
 import torch
 from transformers import TrainerCallback
 
+from segrl.checkpoints import METRICS, RESUME_HELP, start_run
 from segrl.errors import UserError
-from segrl.files import write_text_atomic
 
 __all__ = ["JsonlLogger", "RewardRunArguments", "fit_normalizer", "prepare", "score_pairs", "train_reward_model"]
 
@@ -44,6 +44,7 @@ class RewardRunArguments:
         metadata={"help": "Backbone: the SFT/reference model the data was segmented with (preset, directory, hub id)."},
     )
     cache_dir: str | None = field(default=None, metadata={"help": "Preset cache [default: $SEGRL_CACHE]."})
+    resume: bool = field(default=False, metadata={"help": RESUME_HELP})
 
 
 def prepare(source: str, output: str | Path, model_name: str, threshold: float, *, max_length: int | None = None,
@@ -162,15 +163,17 @@ def _dataset(numbered: list[tuple[int, dict[str, Any]]]):
 
 
 class JsonlLogger(TrainerCallback):
-    """Append every trainer log to a JSONL file (with its step), flushed line by line, so a crash loses nothing logged."""
+    """Append every trainer log to a JSONL file (with its step), flushed line by line, so a crash loses nothing
+    logged (main process only). The file is started, or cut back for a resumed run, by
+    :func:`segrl.checkpoints.start_run`."""
 
     def __init__(self, path: Path):
         self.path = path
-        path.unlink(missing_ok=True)
 
     def on_log(self, args, state, control, logs=None, **kwargs):
-        with self.path.open("a", encoding="utf-8") as handle:
-            handle.write(json.dumps({"step": state.global_step, **(logs or {})}) + "\n")
+        if state.is_world_process_zero:
+            with self.path.open("a", encoding="utf-8") as handle:
+                handle.write(json.dumps({"step": state.global_step, **(logs or {})}) + "\n")
 
 
 def train_reward_model(run: RewardRunArguments, config) -> Path:
@@ -207,14 +210,14 @@ def train_reward_model(run: RewardRunArguments, config) -> Path:
     train_set, eval_set = _dataset(train_rows), _dataset(eval_rows) if eval_rows is not None else None
 
     out = Path(config.output_dir)
-    out.mkdir(parents=True, exist_ok=True)
     resolved = {"method": "rm", "run": asdict(run), "trainer": config.to_dict(), "segment_threshold": threshold,
                 **run_record()}
-    write_text_atomic(out / "config.json", json.dumps(resolved, indent=2, default=str) + "\n")
+    main_process = config.process_index == 0
+    checkpoint = start_run(out, run.resume, resolved, main_process)
     trainer = SegmentRewardTrainer(model, config, train_set, tokenizer, eval_dataset=eval_set,
-                                   callbacks=[JsonlLogger(out / "metrics.jsonl")])
+                                   callbacks=[JsonlLogger(out / METRICS)])
     trainer.remove_callback(PrinterCallback)
-    trainer.train()
+    trainer.train(resume_from_checkpoint=checkpoint)
     if eval_set is not None:
         trainer.evaluate()
     save_final(trainer, out, tokenizer)

@@ -8,6 +8,8 @@ and writes into ``output_dir``:
 - ``config.json``: the resolved run and trainer configuration, package versions and the git commit;
 - ``metrics.jsonl``: one JSON object per logging step (TRL's metrics, ``segments/*``, ``eval/*``), appended and
   flushed line by line so that a crash loses nothing already logged;
+- ``checkpoint-<step>/`` every ``save_steps`` steps, marked complete once written; ``--resume`` continues from the
+  newest complete one (:mod:`segrl.checkpoints`);
 - ``final/``: the trained model and tokenizer (safetensors); ``value_model/``: the dense trainer's value model (PPO's critic), if any.
 
 Held-out accuracy is measured every ``eval_every`` steps (and at the start and the end) by sampling one completion
@@ -29,6 +31,7 @@ from pathlib import Path
 
 from transformers import PrinterCallback, TrainerCallback
 
+from segrl.checkpoints import RESUME_HELP, start_run
 from segrl.errors import UserError
 from segrl.files import replace_dir, write_text_atomic
 
@@ -53,6 +56,7 @@ class RunArguments:
         metadata={"help": "Stop once this many tokens were generated (policy + MC rollouts): equal-cost comparisons."},
     )
     cache_dir: str | None = field(default=None, metadata={"help": "Preset cache [default: $SEGRL_CACHE]."})
+    resume: bool = field(default=False, metadata={"help": RESUME_HELP})
 
 
 class RunLogger(TrainerCallback):
@@ -105,6 +109,12 @@ class RunLogger(TrainerCallback):
 
     def on_train_begin(self, args, state, control, model=None, processing_class=None, **kwargs):
         self.start = time.perf_counter()
+        if state.global_step > 0:  # resumed: the file holds the run up to the checkpoint, evaluations included
+            records = [json.loads(line) for line in self.path.read_text(encoding="utf-8").splitlines()]
+            self.start -= records[-1]["wall_seconds"]
+            self.generated_tokens = int(records[-1].get("tokens/generated", 0))
+            self.last_eval_step = max((r["step"] for r in records if "eval/accuracy" in r), default=None)
+            return
         self._evaluate(state, model, processing_class)
 
     def on_log(self, args, state, control, logs=None, model=None, processing_class=None, **kwargs):
@@ -155,6 +165,8 @@ def train(method: str, run: RunArguments, config) -> Path:
         raise UserError("segrl train dense needs a DenseRewardConfig")
     if method == "drlc" and not isinstance(config, DRLCConfig):
         raise UserError("segrl train drlc needs a DRLCConfig")
+    if run.eval_every < 1:
+        raise UserError(f"--eval_every must be >= 1, got {run.eval_every}")
     if run.eval_every % config.logging_steps != 0:
         raise UserError(
             f"--eval_every ({run.eval_every}) must be a multiple of --logging_steps ({config.logging_steps}): "
@@ -192,12 +204,9 @@ def train(method: str, run: RunArguments, config) -> Path:
 
     # Every input (model, reward model, normaliser, critic) loaded: only now is the output directory touched.
     main_process = config.process_index == 0  # under `accelerate launch` only the main process writes files
-    if main_process:
-        out.mkdir(parents=True, exist_ok=True)
-        (out / "metrics.jsonl").unlink(missing_ok=True)
-        resolved = {"method": method, "run": asdict(run), "trainer": config.to_dict(), **run_record()}
-        write_text_atomic(out / "config.json", json.dumps(resolved, indent=2, default=str) + "\n")
-    trainer.train()
+    resolved = {"method": method, "run": asdict(run), "trainer": config.to_dict(), **run_record()}
+    checkpoint = start_run(out, run.resume, resolved, main_process)
+    trainer.train(resume_from_checkpoint=checkpoint)
     save_final(trainer, out)  # complete or not at all; every process calls it (ZeRO-3/FSDP gather)
     if isinstance(trainer, DenseRewardTrainer) and trainer.value_model is not None:
         partial = out / "value_model.partial"

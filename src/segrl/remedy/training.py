@@ -16,7 +16,8 @@ paper's λ is not in the spec; TRL's documentation suggests 0.01). Inputs are th
    temperature on them (:mod:`segrl.remedy.calibration`; per language pair with ``--per_lp_calibration``);
 4. writes ``final/`` (model and tokenizer, safetensors; ``remedy.json``; ``calibration.json``),
    ``config.json`` and ``metrics.jsonl`` (TRL's ``accuracy``, ``margin``, ... per logging step) into
-   ``output_dir``.
+   ``output_dir``, with ``checkpoint-<step>/`` every ``save_steps`` steps (``--resume`` continues from the newest
+   complete one: :mod:`segrl.checkpoints`).
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from segrl.checkpoints import METRICS, RESUME_HELP, start_run
 from segrl.errors import UserError
 from segrl.files import write_text_atomic
 
@@ -46,6 +48,7 @@ class RemedyRunArguments:
     no_ref: bool = field(default=False, metadata={"help": "Reference-free (quality estimation): no reference shown."})
     per_lp_calibration: bool = field(default=False, metadata={"help": "One calibration temperature per language pair."})
     cache_dir: str | None = field(default=None, metadata={"help": "Preset cache [default: $SEGRL_CACHE]."})
+    resume: bool = field(default=False, metadata={"help": RESUME_HELP})
 
 
 def load_ratings(run: RemedyRunArguments, seed: int = 0):
@@ -75,7 +78,7 @@ def _pair_dataset(pairs: list[dict], tokenizer, reference_free: bool):
 
 def train_remedy(run: RemedyRunArguments, config) -> Path:
     """Train a ReMedy model (``config``: TRL's ``RewardConfig``); return the output directory (module docstring)."""
-    from transformers import AutoModelForSequenceClassification, PrinterCallback
+    from transformers import AutoModelForSequenceClassification, PrinterCallback, set_seed
     from trl import RewardTrainer
 
     from segrl.models import load_pretrained, resolve_model_path
@@ -83,6 +86,7 @@ def train_remedy(run: RemedyRunArguments, config) -> Path:
     from segrl.remedy.data import make_pairs, split_by_source
     from segrl.remedy.scoring import CALIBRATION, MODEL_INFO, score
     from segrl.reward_training import JsonlLogger, save_final
+    from segrl.trainers.resumable import ResumableTrainerMixin
     from segrl.training import run_record
 
     ratings = load_ratings(run, seed=config.seed)
@@ -91,6 +95,7 @@ def train_remedy(run: RemedyRunArguments, config) -> Path:
     train_ratings, held_out = split_by_source(ratings, run.test_fraction, seed=config.seed)
     pairs, counts = make_pairs(train_ratings, run.min_gap)
     path = resolve_model_path(run.model, cache_dir=run.cache_dir, seed=config.seed)
+    set_seed(config.seed)  # the scalar head is new: its initialisation is part of the run
     model, tokenizer = load_pretrained(path, AutoModelForSequenceClassification, name=run.model, num_labels=1)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
@@ -105,17 +110,20 @@ def train_remedy(run: RemedyRunArguments, config) -> Path:
             eval_set = None
 
     out = Path(config.output_dir)
-    out.mkdir(parents=True, exist_ok=True)
     resolved = {"method": "remedy", "run": asdict(run), "trainer": config.to_dict(), "pairs": counts,
                 "ratings": {"train": len(train_ratings), "held_out": len(held_out)}, **run_record()}
-    write_text_atomic(out / "config.json", json.dumps(resolved, indent=2, default=str) + "\n")
+    main_process = config.process_index == 0
+    checkpoint = start_run(out, run.resume, resolved, main_process)
     print(f"{len(ratings)} ratings -> {counts['pairs']} training pairs ({counts['ties']} ties dropped, "
           f"{counts['below_min_gap']} below min_gap); {len(held_out)} held-out ratings", flush=True)
-    trainer = RewardTrainer(model=model, args=config, train_dataset=_pair_dataset(pairs, tokenizer, run.no_ref),
-                            eval_dataset=eval_set, processing_class=tokenizer,
-                            callbacks=[JsonlLogger(out / "metrics.jsonl")])
+
+    class RemedyTrainer(ResumableTrainerMixin, RewardTrainer):
+        """TRL's reward trainer with segrl's crash-safe checkpoints."""
+
+    trainer = RemedyTrainer(model=model, args=config, train_dataset=_pair_dataset(pairs, tokenizer, run.no_ref),
+                            eval_dataset=eval_set, processing_class=tokenizer, callbacks=[JsonlLogger(out / METRICS)])
     trainer.remove_callback(PrinterCallback)
-    trainer.train()
+    trainer.train(resume_from_checkpoint=checkpoint)
 
     model = trainer.model.eval()
     fit_on = held_out or train_ratings

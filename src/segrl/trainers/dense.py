@@ -52,6 +52,9 @@ this process's rows. Whitening uses moments summed over processes; the ``dense/*
 global (sums or ratios of sums), a source's own per-batch metrics are averaged over processes. Only the main
 process saves the value model.
 
+Checkpoints (:mod:`segrl.trainers.resumable`) hold the value model (``value_model.safetensors``), its AdamW state and
+its skip counts besides the policy's, so that ``--resume`` continues PPO where it stopped.
+
 Metrics: ``dense/reward`` (mean summed dense reward per completion), ``dense/kl`` (mean k1 per token),
 ``dense/skipped_rows``, the source's metrics (``segments/*``, ``critic/*``), and with a value model ``value/loss``,
 ``value/clipfrac``, ``value/explained_variance``.
@@ -63,8 +66,10 @@ import copy
 import logging
 import math
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
+import safetensors.torch
 import torch
 from accelerate.utils import gather_object, is_peft_model
 from trl import GRPOConfig
@@ -82,6 +87,7 @@ from segrl.trainers.grpo import TokenCountingGRPOTrainer
 logger = logging.getLogger(__name__)
 
 ESTIMATORS = ("gae", "group")
+VALUE_WEIGHTS, VALUE_OPTIMIZER = "value_model.safetensors", "value_optimizer.pt"  # in each checkpoint
 INTERPOLATIONS = ("even", "last", "broadcast")
 
 
@@ -332,6 +338,35 @@ class DenseRewardTrainer(TokenCountingGRPOTrainer):
             self.value_skip_counter.record(skip, self._guard_step, f"value model: {reason}")
         finally:
             self._metrics["train"]["guards/value_skipped_steps"] = [float(self.value_skip_counter.total)]
+
+    # ---- checkpoints (segrl.trainers.resumable): the value model, its optimizer and its skip counts
+
+    def checkpoint_state(self) -> dict:
+        counter = self.value_skip_counter
+        return {**super().checkpoint_state(), "value_skipped_steps": {"total": counter.total,
+                                                                      "consecutive": counter.consecutive}}
+
+    def load_checkpoint_state(self, state: dict) -> None:
+        super().load_checkpoint_state(state)
+        self.value_skip_counter.total = state["value_skipped_steps"]["total"]
+        self.value_skip_counter.consecutive = state["value_skipped_steps"]["consecutive"]
+
+    def save_checkpoint_files(self, folder: Path) -> None:
+        super().save_checkpoint_files(folder)
+        if self.value_model is not None and self.args.should_save:
+            safetensors.torch.save_model(self.accelerator.unwrap_model(self.value_model),
+                                         str(folder / VALUE_WEIGHTS))
+            torch.save(self.value_optimizer.state_dict(), folder / VALUE_OPTIMIZER)
+
+    def load_checkpoint_files(self, folder: Path) -> None:
+        super().load_checkpoint_files(folder)
+        if self.value_model is not None:
+            if not (folder / VALUE_WEIGHTS).is_file():
+                raise UserError(f"{folder} has no {VALUE_WEIGHTS}: it was not written by a GAE run")
+            safetensors.torch.load_model(self.accelerator.unwrap_model(self.value_model), str(folder / VALUE_WEIGHTS),
+                                         device=str(self.accelerator.device))
+            self.value_optimizer.load_state_dict(torch.load(folder / VALUE_OPTIMIZER, weights_only=True,
+                                                            map_location=self.accelerator.device))
 
     def save_value_model(self, path) -> None:
         """Save the value model (safetensors) next to the policy, e.g. to resume or inspect its values (main process

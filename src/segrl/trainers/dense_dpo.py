@@ -110,6 +110,7 @@ from segrl import guards
 from segrl import segmentation as seg
 from segrl.errors import UserError
 from segrl.trainers.guarded import GuardedTrainerMixin
+from segrl.trainers.resumable import ResumableTrainerMixin
 
 __all__ = [
     "DENSE_DPO_COLUMNS",
@@ -309,7 +310,7 @@ def _capture_fused_outputs(modules: list[torch.nn.Module]):
             handle.remove()
 
 
-class DenseDPOTrainer(GuardedTrainerMixin, DPOTrainer):
+class DenseDPOTrainer(GuardedTrainerMixin, ResumableTrainerMixin, DPOTrainer):
     """``DPOTrainer`` with the DenseDPO loss over aligned segments (see the module docstring).
 
     Takes ``DPOTrainer``'s arguments; ``args`` must pass :class:`DenseDPOConfig`'s checks and the datasets must be

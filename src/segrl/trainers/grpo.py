@@ -33,10 +33,13 @@ RL is to stop rather than train on a wrong number, except for the gradient, wher
   ``guards/skipped_steps``; 3 skips in a row stop the run.
 
 Each decision is reduced over processes, so that all stop or skip together.
+
+Checkpoints (:mod:`segrl.trainers.resumable`) also hold the ``tokens/generated`` count and TRL's micro-step counter.
 """
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 import torch
@@ -47,9 +50,12 @@ from trl.trainer.utils import is_async_callable
 from segrl import advantages as adv
 from segrl import guards
 from segrl.trainers.guarded import GuardedTrainerMixin
+from segrl.trainers.resumable import ResumableTrainerMixin
+
+logger = logging.getLogger(__name__)
 
 
-class TokenCountingGRPOTrainer(GuardedTrainerMixin, GRPOTrainer):
+class TokenCountingGRPOTrainer(GuardedTrainerMixin, ResumableTrainerMixin, GRPOTrainer):
     """``GRPOTrainer`` that logs ``tokens/generated`` (cumulative completion tokens sampled, all processes)."""
 
     guard_loss_action = "stop"  # RL: see "Numerical guards" in the module docstring
@@ -58,6 +64,22 @@ class TokenCountingGRPOTrainer(GuardedTrainerMixin, GRPOTrainer):
         super().__init__(*args, **kwargs)
         self.generated_tokens = 0
         self._last_rewards_per_func: torch.Tensor | None = None
+        args = self.args
+        generate_every = args.steps_per_generation * self.num_iterations
+        if args.save_strategy == "steps" and args.save_steps >= 1 and (
+                args.save_steps * args.gradient_accumulation_steps) % generate_every:
+            logger.warning("save_steps x gradient_accumulation_steps (%s x %s) is not a multiple of "
+                           "steps_per_generation x num_iterations (%s): a run resumed from a checkpoint generates "
+                           "a new batch where the uninterrupted run reused its buffered one",
+                           args.save_steps, args.gradient_accumulation_steps, generate_every)
+
+    def checkpoint_state(self) -> dict:
+        # TRL's micro-step counter decides when to generate and which buffered slice to train on.
+        return {**super().checkpoint_state(), "generated_tokens": self.generated_tokens, "micro_step": self._step}
+
+    def load_checkpoint_state(self, state: dict) -> None:
+        super().load_checkpoint_state(state)
+        self.generated_tokens, self._step = state["generated_tokens"], state["micro_step"]
 
     def count_generated(self, local_tokens: int) -> int:
         """Add ``local_tokens`` generated on this process to the run's total (summed over processes); return the

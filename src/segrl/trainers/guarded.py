@@ -18,7 +18,8 @@ optimizers leave the parameters *and* their state as they were (zero gradients w
 decay would still move the weights). The step still counts: ``global_step`` and the learning-rate schedule advance.
 ``guards/skipped_steps`` (cumulative) is logged at every step; ``max_consecutive_skips`` (3) skips in a row stop the
 run. Subclasses flag a micro-batch whose problem the loss does not show (e.g. a non-finite reward-model score left
-out of the loss) with :meth:`_guard_flag`, which the loss check treats as a non-finite loss.
+out of the loss) with :meth:`_guard_flag`, which the loss check treats as a non-finite loss. The skip counts are part
+of a checkpoint's segrl state (:mod:`segrl.trainers.resumable`), so a resumed run keeps counting where it stopped.
 
 Multi-process: each decision is reduced over processes (a flag, summed), so every process skips the same step or
 every process stops with the same message (the offending processes' samples, gathered); a process deciding alone
@@ -56,6 +57,18 @@ class GuardedTrainerMixin:
         if not hasattr(super(), "_get_grad_norm"):  # never silently: the loop of another transformers may not call it
             logger.warning("%s: this transformers Trainer has no _get_grad_norm; the gradient-norm guard is off",
                            type(self).__name__)
+
+    # ---- checkpoints (with segrl.trainers.resumable.ResumableTrainerMixin after this class)
+
+    def checkpoint_state(self) -> dict:
+        counter = self.skip_counter
+        return {**super().checkpoint_state(), "skipped_steps": {"total": counter.total,
+                                                                "consecutive": counter.consecutive}}
+
+    def load_checkpoint_state(self, state: dict) -> None:
+        super().load_checkpoint_state(state)
+        self.skip_counter.total = state["skipped_steps"]["total"]
+        self.skip_counter.consecutive = state["skipped_steps"]["consecutive"]
 
     # ---- collectives
 

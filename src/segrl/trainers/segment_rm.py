@@ -39,6 +39,7 @@ from segrl import guards, segment_rm
 from segrl import segmentation as seg
 from segrl.errors import UserError
 from segrl.trainers.guarded import GuardedTrainerMixin
+from segrl.trainers.resumable import ResumableTrainerMixin
 
 logger = logging.getLogger(__name__)
 
@@ -89,7 +90,7 @@ class SegmentPreferenceCollator:
         return batch
 
 
-class SegmentRewardTrainer(GuardedTrainerMixin, RewardTrainer):
+class SegmentRewardTrainer(GuardedTrainerMixin, ResumableTrainerMixin, RewardTrainer):
     """``RewardTrainer`` whose score is the mean of segment rewards (see the module docstring)."""
 
     guard_loss_action = "skip"  # see "Numerical guards" in the module docstring
