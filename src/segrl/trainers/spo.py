@@ -41,11 +41,14 @@ Deviations from the paper and the released code, and why:
   their advantages.
 - Reward functions must be Python callables (TRL's signature); reward *models* are not supported for the MC
   scoring here, since TRL's reward-model path gathers across processes, which unequal MC batch sizes would break.
-- MC continuations are sampled from the generation-time policy, in chunks of ``mc_batch_size`` sequences.
+- MC continuations are sampled from the generation-time policy, in chunks of ``mc_batch_size`` sequences. With HF
+  generation each state is encoded once and its KV cache shared by its N samples (:mod:`segrl.mc_rollouts`; vLLM,
+  continuous batching, lockstep runs, caches other than plain full-attention ones and a replaced
+  ``_generate_single_turn`` get the state N times).
 - Tree mode: HF generation only for now (vLLM would need a per-call token cap). The optional replay buffer
   (``replay_iterations``, off by default) keeps up to ``replay_per_prompt`` examples per prompt of each earlier
   iteration, as the released code does. The number of examples varies from batch to batch; it is trimmed to a
-  multiple of ``steps_per_generation``, which TRL splits it into.
+  multiple of ``steps_per_generation``, which TRL splits it into. The buffer is saved in every checkpoint.
 
 Multi-process (``accelerate launch``; docs/SCALING.md): each process samples and scores its slice of the global
 batch, as TRL's GRPO does. Chain: the processes gather their segment-start states, deduplicate them over the global
@@ -90,14 +93,16 @@ from typing import Any
 import torch
 from accelerate.utils import gather_object
 from torch import nn
-from trl import GRPOConfig
+from trl import GRPOConfig, GRPOTrainer
 from trl.data_utils import is_conversational
+from trl.models import unwrap_model_for_generation
 from trl.trainer.utils import pad, use_adapter
 
 from segrl import advantages as adv
 from segrl import guards
 from segrl import segmentation as seg
 from segrl.errors import UserError
+from segrl.mc_rollouts import sample_continuations
 from segrl.trainers.grpo import TokenCountingGRPOTrainer
 
 
@@ -198,6 +203,14 @@ class SPOTrainer(TokenCountingGRPOTrainer):
                             "generate and forward calls on each process, which ZeRO-3 and FSDP cannot run")
         self.last_example: dict | None = None  # one completion of the latest batch, with its advantages
         self._replay = deque(maxlen=self.args.replay_iterations)  # tree mode: earlier iterations' examples
+
+    def checkpoint_state(self) -> dict:
+        # The replay buffer: lists of JSON-able records (token ids, advantage, value, generation-time log-probs).
+        return {**super().checkpoint_state(), "replay": list(self._replay)}
+
+    def load_checkpoint_state(self, state: dict) -> None:
+        super().load_checkpoint_state(state)
+        self._replay = deque(state["replay"], maxlen=self.args.replay_iterations)
 
     def _generate_and_score_completions(self, inputs: list[dict[str, Any]]) -> dict[str, Any]:
         if self.args.spo_mode == "tree":
@@ -375,9 +388,7 @@ class SPOTrainer(TokenCountingGRPOTrainer):
             # A continuation longer than the room left scores 0 (truncated) whatever it holds, so none is sampled
             # past the room of the chunk's shortest prefix (in lockstep every process keeps the same calls instead).
             room = self.max_completion_length - min(len(states[key][1]) for key in batch)
-            with nullcontext() if self._generation_in_lockstep else self._max_new_tokens(room):
-                continuations, _ = self._generate_single_turn([list(key) for key in batch for _ in range(n)], None,
-                                                              {}, n)
+            continuations = self._mc_rollouts([list(key) for key in batch], n, room)
             mc_tokens += sum(len(c) for c in continuations)
             payloads = [states[key] for key in batch for _ in range(n)]
             full_ids = [prefix + list(c) for (_, prefix), c in zip(payloads, continuations)]
@@ -397,6 +408,27 @@ class SPOTrainer(TokenCountingGRPOTrainer):
         }
         index = torch.tensor([index_of[key] for key in keys], dtype=torch.long)
         return values[index].to(acc.device), stats
+
+    def _mc_rollouts(self, states: list[list[int]], n: int, room: int) -> list[list[int]]:
+        """``n`` continuations of each state, state-major, of at most ``room`` tokens (in lockstep: the configured
+        maximum, the same on every process). HF generation encodes each state once and shares its cache among its
+        samples (:mod:`segrl.mc_rollouts`); vLLM, continuous batching, lockstep runs, a cache that cannot be shared
+        and a replaced ``_generate_single_turn`` take ``_generate_single_turn``, the state repeated ``n`` times."""
+        # Sharing stands in for TRL's own sampler only: one that replaced it (a subclass's, a test's stand-in) keeps
+        # receiving every rollout.
+        trl_sampler = getattr(self._generate_single_turn, "__func__", None) is GRPOTrainer._generate_single_turn
+        if trl_sampler and not (self.use_vllm or self.use_transformers_continuous_batching
+                                or self._generation_in_lockstep):
+            with unwrap_model_for_generation(
+                self.model_wrapped, self.accelerator, gather_deepspeed3_params=self.args.ds3_gather_for_generation,
+                generation_kwargs=self.generation_kwargs,
+                gradient_checkpointing_kwargs=self.args.gradient_checkpointing_kwargs,
+            ) as model:
+                continuations = sample_continuations(model, states, n, room, self.generation_config)
+            if continuations is not None:
+                return continuations
+        with nullcontext() if self._generation_in_lockstep else self._max_new_tokens(room):
+            return self._generate_single_turn([state for state in states for _ in range(n)], None, {}, n)[0]
 
     def _score(self, rows: list[dict], full_ids: list[list[int]]) -> torch.Tensor:
         """Reward (weighted sum of the reward functions) of each completion ``full_ids[i]`` (token ids from the start
