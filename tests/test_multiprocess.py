@@ -19,6 +19,7 @@ import collections
 import json
 import os
 import random
+import shutil
 import socket
 import subprocess
 import sys
@@ -230,9 +231,23 @@ def deterministic_training(model_dir: str, out_dir: str, cases=TRAINED) -> None:
                    Path(out_dir) / f"train-{case}.rank{rank}.pt")
 
 
+def _plain_cli(argv: list[str]) -> None:
+    """Run the CLI with TRL's own sampler (so SPO-chain shares each state's prefix cache among its MC samples) and
+    arith's reward replaced by one that a random model's text does not always score 0 (tests/test_resume.py)."""
+    import segrl.tasks.arith as arith
+    from segrl.cli import app
+
+    arith.reward = lambda prompts, completions, **columns: [(sum(map(ord, str(c))) % 7) / 6 for c in completions]
+    code = app(argv, prog_name="segrl", standalone_mode=False)
+    if code:
+        sys.exit(code)
+
+
 if __name__ == "__main__":
     if sys.argv[1] == "cli":
         _record_cli(sys.argv[2:])
+    elif sys.argv[1] == "plain":
+        _plain_cli(sys.argv[2:])
     else:
         deterministic_rollouts(sys.argv[2], sys.argv[3])
         deterministic_training(sys.argv[2], sys.argv[3])
@@ -347,6 +362,39 @@ def test_spo_chain_on_two_processes_rolls_out_each_distinct_state_once(cli_runs)
         assert record["segments/mc_states"] == len(per_state) > 1
         assert {c["rank"] for c in mc} == {0, 1}  # the work is split
         assert record["segments/mc_tokens"] == sum(sum(c["lengths"]) for c in mc)
+
+
+def test_resumed_two_process_run_equals_the_uninterrupted_one(random_model_dir, tmp_path):
+    """SPO-chain on 2 processes with real sampling (shared-prefix MC rollouts): 4 steps with checkpoints at 2 and 4;
+    then a copy of the run as a kill after step 3 leaves it (checkpoint-4 and final/ gone, step 3 logged), resumed
+    with --resume, ends with the same metrics and bit-for-bit the same parameters."""
+    from safetensors.torch import load_file
+
+    flags = ["train", "spo", "--model", str(random_model_dir), *COMMON_FLAGS, *CLI_RUNS["spo_chain"][1:],
+             "--max_steps", "4", "--save_strategy", "steps", "--save_steps", "2", "--eval_every", "2",
+             "--learning_rate", "1e-3", "--seed", "5"]
+    whole, resumed = tmp_path / "whole", tmp_path / "resumed"
+    launch(["plain", *flags, "--output_dir", str(whole)])
+    assert {p.name for p in (whole / "checkpoint-2").glob("segrl_state-*")} == {"segrl_state-0.json",
+                                                                               "segrl_state-1.json"}
+    shutil.copytree(whole, resumed)
+    for gone in ("checkpoint-4", "final", "example.json"):
+        shutil.rmtree(resumed / gone) if (resumed / gone).is_dir() else (resumed / gone).unlink()
+    lines = (resumed / "metrics.jsonl").read_text().splitlines(keepends=True)
+    kept = [line for line in lines if json.loads(line)["step"] <= 3 and "train_runtime" not in line]
+    (resumed / "metrics.jsonl").write_text("".join(kept))
+    result = launch(["plain", *flags, "--output_dir", str(resumed), "--resume"])
+    assert "resuming from" in result.stdout and "checkpoint-2" in result.stdout
+
+    def metrics(out):
+        return [{k: v for k, v in r.items() if k not in ("wall_seconds", "train_loss") and "time" not in k
+                 and "runtime" not in k and "per_second" not in k} for r in _records(out)]
+
+    assert metrics(resumed) == metrics(whole)
+    first, second = load_file(whole / "final" / "model.safetensors"), load_file(resumed / "final" / "model.safetensors")
+    start = load_file(random_model_dir / "model.safetensors")
+    assert all(torch.equal(first[k], second[k]) for k in first)
+    assert any(not torch.equal(first[k], start[k]) for k in first)
 
 
 @pytest.fixture(scope="module")

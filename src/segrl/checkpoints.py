@@ -46,8 +46,10 @@ _CHECKPOINT = re.compile(r"^checkpoint-(\d+)$")
 RESUME_HELP = ("Continue the run in --output_dir from its newest complete checkpoint (one is written every "
                "--save_steps steps), with the same arguments; without a complete checkpoint, start from the beginning.")
 
-# Fields that may differ between the run and its resumption: they do not change what is computed.
-RESUMABLE_DIFFERENCES = frozenset({"resume", "logging_dir", "resume_from_checkpoint", "save_total_limit"})
+# Fields that may differ between the run and its resumption: they do not change what is computed (a run directory
+# may be moved before it is resumed).
+RESUMABLE_DIFFERENCES = frozenset({"resume", "output_dir", "logging_dir", "resume_from_checkpoint",
+                                   "save_total_limit"})
 
 
 def checkpoints(output_dir: str | Path) -> list[tuple[int, Path]]:
