@@ -21,7 +21,8 @@ advantages. ``spo_mode="chain"`` (short chains of thought):
 
 ``spo_mode="tree"`` (long chains of thought): one tree per prompt (the sampler's group of ``num_generations``
 copies of a prompt becomes one tree). Each node at depth d gets ``tree_branching[d]`` children (6-6-6 in the
-paper); inner children are continuations of at most ``segment_length`` (M) tokens, the last level runs to the end.
+paper); inner children are continuations of at most ``segment_length`` (M) tokens, the last level runs to the end;
+a node's children are sampled together from its context, encoded once (:mod:`segrl.mc_rollouts`).
 A child that ends with EOS is a leaf scored by the reward; one still unfinished at the last level, or cut by
 ``max_completion_length``, is a leaf with reward 0. Backup V(node) = mean of its children
 (:func:`segrl.advantages.tree_values`), A(node) = V(node) − V(parent) (``tree_advantage="rloo"``), or divided by
@@ -492,15 +493,15 @@ class SPOTrainer(TokenCountingGRPOTrainer):
         for depth, branching in enumerate(args.tree_branching):
             last = depth == len(args.tree_branching) - 1
             requests = [node for node in open_nodes for _ in range(branching)]
-            contexts = [list(root_prompt_ids[root_of[n]]) + prefix[n] + segment[n] for n in requests]
+            contexts = [list(root_prompt_ids[root_of[n]]) + prefix[n] + segment[n] for n in open_nodes]
             continuations = []
             # Open nodes at this depth all hold depth x M completion tokens (a shorter segment ended the branch), so
             # the room left is the same for all: generating no more keeps every sampled token, and counted.
             room = self.max_completion_length - depth * args.segment_length
-            with self._max_new_tokens(room if last else min(args.segment_length, room)):
-                for chunk in range(0, len(contexts), args.mc_batch_size):
-                    batch = contexts[chunk : chunk + args.mc_batch_size]
-                    continuations += self._generate_single_turn(batch, None, {}, 1)[0]
+            cap = room if last else min(args.segment_length, room)
+            per_call = max(1, args.mc_batch_size // branching)  # nodes per generate call, each with its children
+            for chunk in range(0, len(contexts), per_call):  # node-major, as `requests`
+                continuations += self._mc_rollouts(contexts[chunk : chunk + per_call], branching, cap)
             open_nodes = []
             for node, continuation in zip(requests, continuations):
                 child_prefix = prefix[node] + segment[node]
