@@ -1,6 +1,8 @@
 """JSONL reading with precise errors, and atomic writes."""
 
 import os
+import stat
+import threading
 
 import pytest
 
@@ -64,3 +66,16 @@ def test_failed_write_keeps_the_old_file(tmp_path, monkeypatch):
         write_text_atomic(path, "half-written")
     assert path.read_text() == "good"
     assert os.listdir(tmp_path) == ["out.html"]
+
+
+def test_atomic_write_to_a_device_writes_through_it(tmp_path):
+    """Renaming onto a device or pipe (``--html /dev/null``) would replace it with a regular file, and as root that
+    succeeds; a pipe stands in for /dev/null here, which a regression must not be able to destroy."""
+    fifo = tmp_path / "pipe"
+    os.mkfifo(fifo)
+    received = []
+    reader = threading.Thread(target=lambda: received.append(fifo.read_text()), daemon=True)
+    reader.start()
+    write_text_atomic(fifo, "through the pipe\n")
+    reader.join(timeout=10)
+    assert received == ["through the pipe\n"] and stat.S_ISFIFO(fifo.stat().st_mode)

@@ -88,3 +88,25 @@ def test_smollm2_splits_real_english_into_phrases(smollm2_cache):
     assert 3 <= result.num_segments < len(result.pieces) / 2
     sentences = segment_response(model, tokenizer, "Review an Italian restaurant.", text, "delimiter")
     assert sentences.num_segments == 3
+
+
+def test_control_characters_are_shown_as_escapes_in_the_terminal(random_model_dir, tmp_path):
+    from typer.testing import CliRunner
+
+    from segrl.cli import app
+    from segrl.view import SegmentedResponse, render_terminal, visible
+
+    assert visible("a\x1b[2Jb\x07\r\x00\x7f\x85\u202ec\n\td") == "a\\x1b[2Jb\\x07\\r\\x00\\x7f\\x85\\u202ec\n\td"
+    assert visible("plain text, é ü 中文") == "plain text, é ü 中文"
+    result = SegmentedResponse(prompt="p", response="ok\x1b[2J done", pieces=["ok", "\x1b[2J", " done"],
+                               segment_ids=[0, 0, 1], entropy=[0.0] * 3, prob=[1.0] * 3, method="fixed",
+                               settings="length=2")
+    for colour in (True, False):
+        shown = render_terminal(result, colour=colour).plain
+        assert "\x1b" not in shown and "\\x1b[2J" in shown
+    prompt = "Review \x1b]0;owned\x07 this:"
+    out = CliRunner().invoke(app, ["segment", "--model", str(random_model_dir), "--prompt", prompt, "--response",
+                                   "The soup\x1b[31m was hot.", "--method", "fixed", "--length", "3", "--html",
+                                   str(tmp_path / "page.html")])
+    assert out.exit_code == 0, out.output
+    assert "\x1b" not in out.output and "\\x1b]0;owned\\x07" in out.output and "\\x1b[" in out.output

@@ -149,7 +149,7 @@ def segment(
             raise UserError(f"{input}, row {index}: {err}" if input is not None else str(err)) from None
         results.append(result)
         console.rule(f"[bold]{index}/{len(items)}[/] {view.summary(result)}")
-        console.print(Text.assemble(("prompt: ", "dim"), item_prompt), highlight=False)  # text, never markup
+        console.print(Text.assemble(("prompt: ", "dim"), view.visible(item_prompt)), highlight=False)  # never markup
         console.print(view.render_terminal(result, colour=console.color_system is not None), highlight=False)
     write_text_atomic(html, view.render_html(results, title=f"segrl segment: {model}, {method}"))
     console.print(f"HTML page with per-token signals: [bold]{os.path.abspath(html)}[/]", highlight=False)

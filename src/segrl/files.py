@@ -90,9 +90,17 @@ def write_text_atomic(path: str | Path, text: str) -> Path:
     """Write ``text`` to ``path`` through a temporary file and an atomic rename; create parent directories.
 
     A failed write (disk full, read-only directory, ...) leaves any earlier file at ``path`` as it was, removes the
-    temporary file and raises :class:`OutputError` naming ``path``.
+    temporary file and raises :class:`OutputError` naming ``path``. A ``path`` that is a device or a pipe
+    (``/dev/null``, ``/dev/stdout``) is written to directly: renaming onto it would replace the device with a file.
     """
     path = Path(path)
+    if path.exists() and not path.is_file() and not path.is_dir():
+        try:
+            with path.open("w", encoding="utf-8") as handle:
+                handle.write(text)
+        except OSError as err:
+            raise OutputError(f"cannot write {path}: {_reason(err)}") from err
+        return path
     tmp = None
     try:
         path.parent.mkdir(parents=True, exist_ok=True)

@@ -15,6 +15,7 @@ appended, so the entropy tail rule has nothing to drop.
 from __future__ import annotations
 
 import html
+import re
 from dataclasses import dataclass
 
 import torch
@@ -189,11 +190,22 @@ def summary(result: SegmentedResponse) -> str:
     )
 
 
+# C0 and C1 controls (newline and tab excepted), and the bidirectional marks, embeddings, overrides and isolates.
+_UNPRINTABLE = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\u200e\u200f\u202a-\u202e\u2066-\u2069]")
+
+
+def visible(text: str) -> str:
+    """``text`` with every control character (newline and tab excepted) and bidirectional override shown as its
+    escape (``\\x1b``, ``\\u202e``): printed data cannot clear the screen, move the cursor or reorder a line."""
+    return _UNPRINTABLE.sub(lambda match: match.group().encode("unicode_escape").decode("ascii"), text)
+
+
 def render_terminal(result: SegmentedResponse, colour: bool = True) -> Text:
     """The response for a ``rich`` console: alternating background colours per segment, or, without colour, a
-    ``|`` between segments."""
+    ``|`` between segments; control characters shown as escapes (:func:`visible`)."""
     text = Text()
     for t, (piece, segment) in enumerate(zip(result.pieces, result.segment_ids)):
+        piece = visible(piece)
         if colour:
             text.append(piece, style=TERMINAL_PALETTE[segment % len(TERMINAL_PALETTE)] if segment >= 0 else "")
         else:
