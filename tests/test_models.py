@@ -137,3 +137,16 @@ def test_tiny_preset_is_built_once_then_loaded_from_cache(tmp_path, monkeypatch)
     assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), again.state_dict().values()))
     with pytest.raises(UserError, match="Unknown tiny model size"):
         load_model("tiny-arith", cache_dir=tmp_path, tiny_size="huge")
+
+
+def test_a_missing_tiny_preset_is_refused_inside_a_multi_process_launch(tmp_path, monkeypatch):
+    """Its build trains with a Trainer of its own, which would wait forever for the other launched processes."""
+    from segrl import tiny
+
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setattr(tiny, "build_tiny", lambda *a, **k: pytest.fail("built inside a launch"))
+    with pytest.raises(UserError, match=r"not built yet.*build it first: python -c .*load_model\('tiny-arith', "
+                                        r"seed=4, cache_dir="):
+        models.resolve_model_path("tiny-arith", cache_dir=tmp_path, seed=4)
+    (tmp_path / f"tiny-arith-small-seed4-v{tiny.RECIPE_VERSION}").mkdir()  # built beforehand: used as it is
+    assert models.resolve_model_path("tiny-arith", cache_dir=tmp_path, seed=4).name.startswith("tiny-arith-small")

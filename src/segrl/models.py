@@ -155,10 +155,16 @@ def _tiny_path(task: str, cache: Path, size: str, seed: int) -> Path:
     from segrl import tiny  # imported here: it pulls in TRL, which plain model loading does not need
 
     tiny.check_request(task, size)
-    return cached_build(
-        cache / f"tiny-{task}-{size}-seed{seed}-v{tiny.RECIPE_VERSION}",
-        lambda out_dir: tiny.build_tiny(task, out_dir, size=size, seed=seed),
-    )
+    final_dir = cache / f"tiny-{task}-{size}-seed{seed}-v{tiny.RECIPE_VERSION}"
+    if not final_dir.is_dir() and int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        # The build fine-tunes with a Trainer of its own, which under a launcher's environment would wait for the
+        # other processes in a collective, while they wait for the build's file lock: a silent hang.
+        raise UserError(
+            f"The tiny-{task} preset (seed {seed}) is not built yet, and it cannot be built inside a multi-process "
+            f"launch; build it first: python -c \"from segrl.models import load_model; "
+            f"load_model('tiny-{task}', seed={seed}{'' if cache == default_cache_dir() else f', cache_dir={str(cache)!r}'})\""
+        )
+    return cached_build(final_dir, lambda out_dir: tiny.build_tiny(task, out_dir, size=size, seed=seed))
 
 
 def _from_pretrained(path: str | Path, name: str, trust_remote_code: bool, auto_class=AutoModelForCausalLM,
