@@ -270,6 +270,9 @@ def test_start_run_cuts_metrics_back_to_the_checkpoint(tmp_path):
     _checkpoint(tmp_path, 4, None)
     (tmp_path / "checkpoint-4" / MARKER).unlink()
 
+    with pytest.raises(UserError, match="cannot resume with another configuration"):
+        start_run(tmp_path, True, {**config, "run": {"task": "facts"}})
+    assert (tmp_path / "checkpoint-4").is_dir() and metrics.read_text().endswith('{"st')  # refused: nothing touched
     resumed = {**config, "run": {"task": "arith", "resume": True}}
     assert start_run(tmp_path, True, resumed) == tmp_path / "checkpoint-2"
     assert metrics.read_text() == '{"step": 1}\n{"step": 2}\n'

@@ -24,7 +24,6 @@ The trainer side (marker, rotation, segrl's own trainer state) is :class:`segrl.
 from __future__ import annotations
 
 import json
-import logging
 import os
 import re
 import shutil
@@ -35,8 +34,6 @@ from segrl.errors import UserError
 from segrl.files import write_text_atomic
 
 __all__ = ["MARKER", "METRICS", "RESUME_HELP", "check_same_config", "complete_checkpoint", "mark_complete", "start_run"]
-
-logger = logging.getLogger(__name__)
 
 MARKER = "segrl_checkpoint.json"
 METRICS = "metrics.jsonl"
@@ -130,9 +127,10 @@ def start_run(output_dir: str | Path, resume: bool, resolved: dict[str, Any], ma
         if marker is not None:
             chosen = (step, folder)
             break
-        logger.warning("Skipping %s: %s", folder, why)
         if main_process:
             print(f"skipping {folder.name}: {why}", flush=True)
+    if chosen is not None:
+        check_same_config(output_dir, resolved)  # before anything is removed
     if main_process:
         for step, folder in found:  # incomplete checkpoints after the chosen one would be overwritten: remove them
             if chosen is None or step > chosen[0]:
@@ -143,7 +141,6 @@ def start_run(output_dir: str | Path, resume: bool, resolved: dict[str, Any], ma
         _start_fresh(output_dir, resolved, main_process)
         return None
     step, folder = chosen
-    check_same_config(output_dir, resolved)
     if main_process:
         _cut_metrics(metrics, marker.get("metrics_bytes"))
         print(f"resuming from {folder} (step {step})", flush=True)
