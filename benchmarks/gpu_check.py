@@ -8,9 +8,12 @@ Checks (each passes or fails on its own; the exit status is 1 if any failed):
    whitening, box IoU) give on CUDA what they give on CPU for the same random inputs (1e-6).
 2. ``bf16_logps``: per-token log-probs of sampled completions under the bf16 policy against the same model in fp32
    (mean absolute difference < 0.05 nats: bf16 does not distort SPO's cutpoints much at ρ = 0.9).
-3. ``spo_chain_bf16`` and ``spo_tree_bf16``: SPO trains 2 steps in bf16 with HF generation: finite losses, MC tokens
+3. ``mc_shared_prefix``: Monte Carlo rollouts that encode each state once (``segrl.mc_rollouts``) give the same
+   greedy continuations as ``generate`` on the repeated states (at least 90% of rows: other matmul shapes can flip a
+   near-tie), and how much faster they sample 9 continuations of 12 states.
+4. ``spo_chain_bf16`` and ``spo_tree_bf16``: SPO trains 2 steps in bf16 with HF generation: finite losses, MC tokens
    generated (chain), trees grown (tree).
-4. ``spo_chain_vllm``: the same chain run with ``use_vllm`` (TRL's colocated vLLM, prefix caching on) for the
+5. ``spo_chain_vllm``: the same chain run with ``use_vllm`` (TRL's colocated vLLM, prefix caching on) for the
    policy samples and the MC rollouts; recorded as skipped when vllm is not installed.
 
 ``--allow-cpu`` runs everything on the CPU instead (a dry run of this script where there is no GPU).
@@ -87,6 +90,51 @@ def check_bf16_logps(model_name: str, device: str) -> dict:
             "max_abs_nats": float(difference.max()), "tokens": int(keep.sum())}
 
 
+def check_mc_shared_prefix(model_name: str, device: str, num_samples: int = 9) -> dict:
+    """Greedy continuations with each state encoded once (segrl.mc_rollouts) against ``generate`` on the states
+    repeated ``num_samples`` times, and the time of each (sampling, after one warm-up call)."""
+    from transformers import GenerationConfig
+
+    from segrl.mc_rollouts import sample_continuations
+    from segrl.models import load_model
+    from segrl.tasks import get_task
+
+    model, tokenizer = load_model(model_name, device=device)
+    prompts = get_task("arith").make_dataset("test", 12, seed=0)["prompt"]
+    states = [tokenizer(p, add_special_tokens=False)["input_ids"][: 20 + 4 * i] for i, p in enumerate(prompts)]
+    greedy = GenerationConfig(do_sample=False, max_new_tokens=24, pad_token_id=tokenizer.pad_token_id,
+                              eos_token_id=tokenizer.eos_token_id)
+
+    def repeated(config):
+        tokenizer.padding_side = "left"
+        batch = tokenizer.pad({"input_ids": [s for s in states for _ in range(num_samples)]}, return_tensors="pt")
+        with torch.no_grad():
+            out = model.generate(**batch.to(device), generation_config=config)
+        rows = out[:, batch["input_ids"].shape[1]:].tolist()
+        return [row[: row.index(tokenizer.eos_token_id) + 1] if tokenizer.eos_token_id in row else row for row in rows]
+
+    shared = sample_continuations(model, states, num_samples, 24, greedy)
+    if shared is None:
+        return {"passed": False, "error": "the model's cache cannot be shared"}
+    agree = sum(a == b for a, b in zip(shared, repeated(greedy))) / len(shared)
+    sampling = GenerationConfig(do_sample=True, temperature=1.0, max_new_tokens=24, pad_token_id=tokenizer.pad_token_id,
+                                eos_token_id=tokenizer.eos_token_id)
+    seconds = {}
+    for name, run in (("shared", lambda: sample_continuations(model, states, num_samples, 24, sampling)),
+                      ("repeated", lambda: repeated(sampling))):
+        run()
+        if device == "cuda":
+            torch.cuda.synchronize()
+        start = time.perf_counter()
+        run()
+        if device == "cuda":
+            torch.cuda.synchronize()
+        seconds[name] = time.perf_counter() - start
+    # TF32 or bf16 matmuls of other shapes can flip a near-tie argmax, and a flip changes the rest of the row.
+    return {"passed": agree >= 0.9, "greedy_rows_equal": agree, "seconds": seconds,
+            "speedup": seconds["repeated"] / seconds["shared"]}
+
+
 def check_spo(model_name: str, device: str, mode: str, use_vllm: bool) -> dict:
     from transformers import PrinterCallback
 
@@ -138,6 +186,7 @@ def main():
     checks = {
         "core_on_gpu": lambda: check_core_on_gpu(device),
         "bf16_logps": lambda: check_bf16_logps(args.model, device),
+        "mc_shared_prefix": lambda: check_mc_shared_prefix(args.model, device),
         "spo_chain_bf16": lambda: check_spo(args.model, device, "chain", use_vllm=False),
         "spo_tree_bf16": lambda: check_spo(args.model, device, "tree", use_vllm=False),
         "spo_chain_vllm": (lambda: check_spo(args.model, device, "chain", use_vllm=True)) if has_vllm and device == "cuda"
