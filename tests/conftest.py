@@ -16,6 +16,17 @@ SENTENCES = [
 ]
 
 
+@pytest.fixture(scope="module")
+def one_thread():
+    """One torch thread for a module of tiny-model tests (``pytestmark = pytest.mark.usefixtures("one_thread")``):
+    thread start-up costs more than it saves, and two threads on two cores shared with other jobs run several
+    times slower than one."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="session")
 def random_model_dir(tmp_path_factory):
     """A randomly initialised 2-layer Llama with a byte-level BPE tokenizer trained on a few sentences."""

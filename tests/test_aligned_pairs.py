@@ -27,13 +27,7 @@ from segrl.tasks import facts
 from segrl.trainers.dense_dpo import validate_dense_dpo_row
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models: thread start-up costs more than it saves (and stalls when the cores are busy)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 # ------------------------------------------------------------------------------------- scripted facts "policy"

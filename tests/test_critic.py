@@ -16,7 +16,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 import segrl.models
 from segrl.critic.align import CharSpan, locate_spans, token_rewards
-from segrl.critic.answers import ParsedSpan, parse_answer
+from segrl.critic.answers import parse_answer
 from segrl.critic.critics import ChatCritic, Critique, LexiconCritic
 from segrl.critic.templates import TEMPLATES, CriticTemplate, load_template, quote
 from segrl.dense_rewards import CriticSpanSource, Rollout

@@ -29,13 +29,7 @@ PROMPTS = ["The soup was", "We sat by the window and", "Would"]
 RESPONSES = [" hot. The bread was fresh!", " smiled.", " we come back? Yes, we would."]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models: thread start-up costs more than it saves (and stalls when the cores are busy)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

@@ -19,13 +19,7 @@ STATES = [[3, 4, 5], [9], [1, 2, 3, 4, 5, 6, 7, 8, 9, 10], [11, 12]]
 N = 3
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models: thread start-up costs more than it saves (and stalls when the cores are busy)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

@@ -136,27 +136,35 @@ class _Lockstep:
         return self.accelerator.num_processes > 1
 
 
+def _trainer_config(case: str, out_dir: str, world: int, **settings):
+    """The trainer class of ``case`` and its config: the case's rows split over ``world`` processes, its overrides,
+    and ``settings``."""
+    from segrl.trainers.dense import DenseRewardConfig, DenseRewardTrainer
+    from segrl.trainers.spo import SPOConfig, SPOTrainer
+
+    kind, rows, overrides = CASES[case]
+    trainer_class, config_class = (SPOTrainer, SPOConfig) if kind == "spo" else (DenseRewardTrainer,
+                                                                                 DenseRewardConfig)
+    config = config_class(
+        output_dir=str(Path(out_dir) / f"trainer-{case}"), per_device_train_batch_size=rows // world,
+        num_generations=NUM_GENERATIONS, max_completion_length=8, report_to="none", logging_steps=1,
+        save_strategy="no", use_cpu=True, bf16=False, seed=0, temperature=1.0, **settings, **overrides,
+    )
+    return trainer_class, config
+
+
 def deterministic_rollouts(model_dir: str, out_dir: str, cases=tuple(CASES)) -> None:
     """One generation batch per case on this process's slice of the fixed global batch; write what it produced."""
     import torch
     from datasets import Dataset
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from segrl.trainers.dense import DenseRewardConfig, DenseRewardTrainer
-    from segrl.trainers.spo import SPOConfig, SPOTrainer
-
     rank, world = _rank()
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     for case in cases:
-        kind, rows, overrides = CASES[case]
-        trainer_class, config_class = (SPOTrainer, SPOConfig) if kind == "spo" else (DenseRewardTrainer,
-                                                                                     DenseRewardConfig)
+        kind, rows, _ = CASES[case]
         per_device = rows // world
-        config = config_class(
-            output_dir=str(Path(out_dir) / f"trainer-{case}"), per_device_train_batch_size=per_device,
-            num_generations=NUM_GENERATIONS, max_completion_length=8, max_steps=1, report_to="none", logging_steps=1,
-            save_strategy="no", use_cpu=True, bf16=False, seed=0, temperature=1.0, **overrides,
-        )
+        trainer_class, config = _trainer_config(case, out_dir, world, max_steps=1)
         torch.manual_seed(0)
         model = AutoModelForCausalLM.from_pretrained(model_dir)
         trainer = trainer_class(model=model, reward_funcs=[digit_sum_reward], args=config, processing_class=tokenizer,
@@ -203,21 +211,12 @@ def deterministic_training(model_dir: str, out_dir: str, cases=TRAINED) -> None:
     from datasets import Dataset
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from segrl.trainers.dense import DenseRewardConfig, DenseRewardTrainer
-    from segrl.trainers.spo import SPOConfig, SPOTrainer
-
     rank, world = _rank()
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     for case in cases:
-        kind, rows, overrides = CASES[case]
-        trainer_class, config_class = (SPOTrainer, SPOConfig) if kind == "spo" else (DenseRewardTrainer,
-                                                                                     DenseRewardConfig)
-        config = config_class(
-            output_dir=str(Path(out_dir) / f"trainer-{case}"), per_device_train_batch_size=rows // world,
-            num_generations=NUM_GENERATIONS, max_completion_length=8, max_steps=2, report_to="none", logging_steps=1,
-            save_strategy="no", use_cpu=True, bf16=False, seed=0, temperature=1.0, optim="sgd", learning_rate=0.1,
-            lr_scheduler_type="constant", max_grad_norm=0.0, **overrides,
-        )
+        _, rows, _ = CASES[case]
+        trainer_class, config = _trainer_config(case, out_dir, world, max_steps=2, optim="sgd", learning_rate=0.1,
+                                                lr_scheduler_type="constant", max_grad_norm=0.0)
         torch.manual_seed(0)
         model = AutoModelForCausalLM.from_pretrained(model_dir)
         before = torch.cat([p.detach().flatten().clone() for p in model.parameters()])
@@ -231,23 +230,9 @@ def deterministic_training(model_dir: str, out_dir: str, cases=TRAINED) -> None:
                    Path(out_dir) / f"train-{case}.rank{rank}.pt")
 
 
-def _plain_cli(argv: list[str]) -> None:
-    """Run the CLI with TRL's own sampler (so SPO-chain shares each state's prefix cache among its MC samples) and
-    arith's reward replaced by one that a random model's text does not always score 0 (tests/test_resume.py)."""
-    import segrl.tasks.arith as arith
-    from segrl.cli import app
-
-    arith.reward = lambda prompts, completions, **columns: [(sum(map(ord, str(c))) % 7) / 6 for c in completions]
-    code = app(argv, prog_name="segrl", standalone_mode=False)
-    if code:
-        sys.exit(code)
-
-
 if __name__ == "__main__":
     if sys.argv[1] == "cli":
         _record_cli(sys.argv[2:])
-    elif sys.argv[1] == "plain":
-        _plain_cli(sys.argv[2:])
     else:
         deterministic_rollouts(sys.argv[2], sys.argv[3])
         deterministic_training(sys.argv[2], sys.argv[3])
@@ -266,10 +251,11 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
-def launch(args: list[str], env: dict | None = None, timeout: int = 240) -> subprocess.CompletedProcess:
-    """``accelerate launch`` this file on 2 CPU processes (configs/accelerate/cpu_2proc.yaml)."""
+def launch(args: list[str], env: dict | None = None, timeout: int = 240, script: Path = Path(__file__)
+           ) -> subprocess.CompletedProcess:
+    """``accelerate launch`` ``script`` (this file) on 2 CPU processes (configs/accelerate/cpu_2proc.yaml)."""
     command = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(CONFIG),
-               "--main_process_port", str(_free_port()), str(Path(__file__).resolve()), *args]
+               "--main_process_port", str(_free_port()), str(script.resolve()), *args]
     full_env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false",
                 "CUDA_VISIBLE_DEVICES": "", **(env or {})}
     result = subprocess.run(command, capture_output=True, text=True, timeout=timeout, env=full_env, cwd=ROOT)
@@ -374,7 +360,8 @@ def test_resumed_two_process_run_equals_the_uninterrupted_one(random_model_dir, 
              "--max_steps", "4", "--save_strategy", "steps", "--save_steps", "2", "--eval_every", "2",
              "--learning_rate", "1e-3", "--seed", "5"]
     whole, resumed = tmp_path / "whole", tmp_path / "resumed"
-    launch(["plain", *flags, "--output_dir", str(whole)])
+    signal_cli = Path(__file__).with_name("signal_cli.py")  # segrl with a reward that random text can earn
+    launch([*flags, "--output_dir", str(whole)], script=signal_cli)
     assert {p.name for p in (whole / "checkpoint-2").glob("segrl_state-*")} == {"segrl_state-0.json",
                                                                                "segrl_state-1.json"}
     shutil.copytree(whole, resumed)
@@ -383,7 +370,7 @@ def test_resumed_two_process_run_equals_the_uninterrupted_one(random_model_dir, 
     lines = (resumed / "metrics.jsonl").read_text().splitlines(keepends=True)
     kept = [line for line in lines if json.loads(line)["step"] <= 3 and "train_runtime" not in line]
     (resumed / "metrics.jsonl").write_text("".join(kept))
-    result = launch(["plain", *flags, "--output_dir", str(resumed), "--resume"])
+    result = launch([*flags, "--output_dir", str(resumed), "--resume"], script=signal_cli)
     assert "resuming from" in result.stdout and "checkpoint-2" in result.stdout
 
     def metrics(out):

@@ -33,15 +33,7 @@ from segrl.checkpoints import MARKER, check_same_config, complete_checkpoint, ma
 from segrl.cli import app
 from segrl.errors import UserError
 
-# The CLI, with arith's reward replaced by one that a random model's text does not always score 0 (else no advantage,
-# no gradient, and equal parameters would prove nothing): a function of the completion's characters.
-RUN_CLI = """
-import sys
-import segrl.tasks.arith as arith
-arith.reward = lambda prompts, completions, **columns: [(sum(map(ord, str(c))) % 7) / 6 for c in completions]
-from segrl.cli import app
-app(sys.argv[1:], prog_name="segrl")
-"""
+SIGNAL_CLI = str(Path(__file__).with_name("signal_cli.py"))  # segrl with a reward that random text can earn
 # One thread: tiny models gain nothing from more, and two runs' threads fighting over 2 cores slow both tenfold.
 ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
 STEPS = ["--max_steps", "8", "--save_steps", "2", "--logging_steps", "1", "--report_to", "none", "--seed", "3"]
@@ -64,12 +56,12 @@ def _metrics(out: Path) -> list[dict]:
 
 
 def _start(args: list[str]) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-c", RUN_CLI, *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+    return subprocess.Popen([sys.executable, SIGNAL_CLI, *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             text=True, env=ENV)
 
 
 def _run(args: list[str]) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-c", RUN_CLI, *args], capture_output=True, text=True, timeout=600,
+    return subprocess.run([sys.executable, SIGNAL_CLI, *args], capture_output=True, text=True, timeout=600,
                           env=ENV)
 
 
@@ -80,7 +72,7 @@ def _finish(process: subprocess.Popen) -> None:
 
 def _run_and_kill(args: list[str], out: Path, after_step: int) -> None:
     """Run the CLI and SIGKILL it as soon as ``metrics.jsonl`` holds a record of ``after_step``."""
-    process = subprocess.Popen([sys.executable, "-c", RUN_CLI, *args], stdout=subprocess.DEVNULL,
+    process = subprocess.Popen([sys.executable, SIGNAL_CLI, *args], stdout=subprocess.DEVNULL,
                                stderr=subprocess.PIPE, text=True, env=ENV)
     metrics = out / "metrics.jsonl"
     deadline = time.monotonic() + 600

@@ -16,15 +16,6 @@ STEPS = 40
 
 
 @pytest.fixture(scope="module")
-def one_thread():
-    # Two threads on two cores shared with other jobs run several times slower than one.
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
-
-
-@pytest.fixture(scope="module")
 def built(tmp_path_factory, one_thread):
     out = tmp_path_factory.mktemp("tiny-arith-test")
     lines = []
