@@ -411,10 +411,11 @@ class SPOTrainer(TokenCountingGRPOTrainer):
         return values[index].to(acc.device), stats
 
     def _mc_rollouts(self, states: list[list[int]], n: int, room: int) -> list[list[int]]:
-        """``n`` continuations of each state, state-major, of at most ``room`` tokens (in lockstep: the configured
-        maximum, the same on every process). HF generation encodes each state once and shares its cache among its
-        samples (:mod:`segrl.mc_rollouts`); vLLM, continuous batching, lockstep runs, a cache that cannot be shared
-        and a replaced ``_generate_single_turn`` take ``_generate_single_turn``, the state repeated ``n`` times."""
+        """``n`` continuations of each state, state-major, of at most ``room`` tokens (under vLLM or in lockstep:
+        ``max_completion_length``, the same on every process; :meth:`_score` cuts what lies past the room). HF
+        generation encodes each state once and shares its cache among its samples (:mod:`segrl.mc_rollouts`); vLLM,
+        continuous batching, lockstep runs, a cache that cannot be shared and a replaced ``_generate_single_turn``
+        take ``_generate_single_turn``, the state repeated ``n`` times."""
         # Sharing stands in for TRL's own sampler only: one that replaced it (a subclass's, a test's stand-in) keeps
         # receiving every rollout.
         trl_sampler = getattr(self._generate_single_turn, "__func__", None) is GRPOTrainer._generate_single_turn
@@ -428,7 +429,8 @@ class SPOTrainer(TokenCountingGRPOTrainer):
                 continuations = sample_continuations(model, states, n, room, self.generation_config)
             if continuations is not None:
                 return continuations
-        with nullcontext() if self._generation_in_lockstep else self._max_new_tokens(room):
+        # vLLM samples up to max_completion_length (TRL sends no per-call cap); lockstep keeps the same calls.
+        with nullcontext() if self.use_vllm or self._generation_in_lockstep else self._max_new_tokens(room):
             return self._generate_single_turn([state for state in states for _ in range(n)], None, {}, n)[0]
 
     def _score(self, rows: list[dict], full_ids: list[list[int]]) -> torch.Tensor:

@@ -1,0 +1,186 @@
+"""SPO-chain through TRL's vLLM server mode (``use_vllm=True, vllm_mode="server"``), with a fake server
+(tests/fake_vllm.py) in place of ``trl vllm-serve``: everything between the trainer and the server is TRL's code.
+
+This checks segrl's side of the contract, which no CPU run otherwise reaches: the policy's samples and the Monte
+Carlo rollouts both go to the server, each distinct state once with ``n = num_mc_samples``; the server has the
+current weights at every step; the server's log-probs agree with the trainer's (importance-sampling ratio 1); and
+on 2 processes, where TRL gathers the prompts, answers on the main process and hands each process the slice at
+its position, the Monte Carlo calls are issued in lockstep (equal sizes, padded) and the run equals a 1-process
+run on the same global batch. vLLM itself (its sampler, its prefix caching) is not tested here; the GPU check
+(benchmarks/gpu_check.sh, ``spo_chain_vllm``) runs it.
+
+This file is also the script the launched processes run: ``python tests/test_vllm_server.py MODEL_DIR OUT``.
+"""
+
+from __future__ import annotations
+
+import collections
+import json
+import os
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import fake_vllm  # noqa: E402
+
+PROMPTS = ["The soup was", "We sat by the", "Would we"]
+NUM_GENERATIONS, MC_SAMPLES, STEPS = 4, 3, 2
+
+
+def digit_sum_reward(completions, completion_ids, **kwargs):
+    return [(sum(ids) % 5) / 4 for ids in completion_ids]
+
+
+def build_trainer(model_dir, out_dir, world: int, rows: int, **settings):
+    """SPO-chain with vLLM server mode; ``rows`` completions per step over ``world`` processes."""
+    import torch
+    from datasets import Dataset
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from segrl.trainers.spo import SPOConfig, SPOTrainer
+
+    config = SPOConfig(
+        output_dir=str(out_dir), per_device_train_batch_size=rows // world, num_generations=NUM_GENERATIONS,
+        max_completion_length=8, max_steps=STEPS, report_to="none", logging_steps=1, save_strategy="no",
+        use_cpu=True, bf16=False, seed=0, temperature=0.8, use_vllm=True, vllm_mode="server",
+        num_mc_samples=MC_SAMPLES, cutpoint_interval=3, segment0_baseline="group_mean", mc_batch_size=6, **settings)
+    torch.manual_seed(0)
+    return SPOTrainer(model=AutoModelForCausalLM.from_pretrained(model_dir), reward_funcs=[digit_sum_reward],
+                      args=config, processing_class=AutoTokenizer.from_pretrained(model_dir),
+                      train_dataset=Dataset.from_dict({"prompt": PROMPTS[: rows // NUM_GENERATIONS]}))
+
+
+def train_with_sgd(model_dir: str, out_dir: str) -> None:
+    """2 steps of plain SGD (the update is the gradient) on 3 prompts x 4 completions; writes the update, the
+    logged metrics and (main process) the server's requests."""
+    import torch
+
+    fake_vllm.install(None, model_dir)
+    world = int(os.environ.get("WORLD_SIZE", 1))
+    trainer = build_trainer(model_dir, Path(out_dir) / "trainer", world, rows=12, optim="sgd", learning_rate=0.1,
+                            lr_scheduler_type="constant", max_grad_norm=0.0)
+    before = torch.cat([p.detach().flatten().clone() for p in trainer.model.parameters()])
+    trainer.train()
+    after = torch.cat([p.detach().flatten() for p in trainer.accelerator.unwrap_model(trainer.model).parameters()])
+    rank = trainer.accelerator.process_index
+    logs = [r for r in trainer.state.log_history if "loss" in r]
+    torch.save({"update": after - before, "logs": logs,
+                "requests": [{k: v for k, v in r.items() if k != "weights"} for r in fake_vllm.REQUESTS]},
+               Path(out_dir) / f"rank{rank}.pt")
+
+
+if __name__ == "__main__":
+    train_with_sgd(sys.argv[1], sys.argv[2])
+    sys.exit(0)
+
+
+# ------------------------------------------------------------------------------------------------------- tests
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+from transformers import TrainerCallback  # noqa: E402
+from typer.testing import CliRunner  # noqa: E402
+
+from segrl.cli import app  # noqa: E402
+
+from test_multiprocess import launch  # noqa: E402
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+class WeightsAtStepBegin(TrainerCallback):
+    """The policy's parameters and the number of server requests so far, at the start of each step."""
+
+    def __init__(self):
+        self.steps: list[tuple[torch.Tensor, int]] = []
+
+    def on_step_begin(self, args, state, control, model=None, **kwargs):
+        self.steps.append((torch.cat([p.detach().flatten().clone() for p in model.parameters()]),
+                           len(fake_vllm.REQUESTS)))
+
+
+def test_spo_chain_samples_and_rolls_out_through_the_vllm_server(random_model_dir, tmp_path, monkeypatch):
+    fake_vllm.install(monkeypatch, random_model_dir)
+    trainer = build_trainer(random_model_dir, tmp_path, world=1, rows=8, learning_rate=1e-2)
+    assert isinstance(trainer.vllm_generation.vllm_client, fake_vllm.FakeVLLMClient)
+    steps = WeightsAtStepBegin()
+    trainer.add_callback(steps)
+    trainer.train()
+    logs = [r for r in trainer.state.log_history if "loss" in r]
+    assert len(logs) == len(steps.steps) == STEPS and trainer.vllm_generation.vllm_client.synced == STEPS
+    bounds = [start for _, start in steps.steps] + [len(fake_vllm.REQUESTS)]
+    for step, ((weights, _), log) in enumerate(zip(steps.steps, logs)):
+        requests = fake_vllm.REQUESTS[bounds[step] : bounds[step + 1]]
+        policy, *mc = requests
+        # The policy's samples: one request, each prompt once with n = num_generations.
+        assert policy["n"] == NUM_GENERATIONS and len(policy["prompts"]) == 2
+        # The MC rollouts: every distinct state once, n = num_mc_samples, each a prompt plus a completion prefix.
+        states = [tuple(state) for request in mc for state in request["prompts"]]
+        assert mc and {r["n"] for r in mc} == {MC_SAMPLES} and len(states) == len(set(states))
+        assert len(states) == log["segments/mc_states"]
+        assert all(any(state[: len(p)] == tuple(p) for p in policy["prompts"]) for state in states)
+        assert {r["max_tokens"] for r in requests} == {8}
+        # The server samples with the weights the trainer has at this step (step 2: after step 1's update).
+        assert all(torch.equal(r["weights"], weights) for r in requests)
+        # Its log-probs are the trainer's: TRL's importance-sampling ratio is 1 up to float rounding.
+        assert log["sampling/importance_sampling_ratio/min"] == pytest.approx(1.0, abs=1e-4)
+        assert log["sampling/importance_sampling_ratio/max"] == pytest.approx(1.0, abs=1e-4)
+        assert log["segments/mc_tokens"] > 0 and torch.isfinite(torch.tensor(log["loss"]))
+    assert not torch.equal(steps.steps[0][0], steps.steps[1][0])  # the step trained
+
+
+def test_two_processes_through_the_vllm_server_equal_one(random_model_dir, tmp_path):
+    """2 processes (gloo; the server on the main process, TRL's gather / broadcast / slice) against 1, same global
+    batch: the same server requests, equal metrics and equal parameter updates (float rounding)."""
+    two, one = tmp_path / "two", tmp_path / "one"
+    two.mkdir(), one.mkdir()
+    launch([str(random_model_dir), str(two)], script=Path(__file__))
+    train_with_sgd(str(random_model_dir), str(one))
+    rank0, rank1, single = (torch.load(path, weights_only=False)
+                            for path in (two / "rank0.pt", two / "rank1.pt", one / "rank0.pt"))
+    assert rank1["requests"] == []  # only the main process talks to the server
+    # Lockstep: every MC request holds the two processes' chunks, of equal size. A step's 27 distinct states split
+    # into blocks of 13 and 14; the first is padded with a repeat of its first state, rolled out and discarded.
+    steps, mc_states = [], [log["segments/mc_states"] for log in single["logs"]]
+    for request in rank0["requests"]:
+        if request["n"] == NUM_GENERATIONS:
+            steps.append([])
+        else:
+            assert len(request["prompts"]) % 2 == 0
+            steps[-1] += [tuple(p) for p in request["prompts"]]
+    assert [len(set(step)) for step in steps] == mc_states
+    assert all(len(step) == 2 * -(-states // 2) for step, states in zip(steps, mc_states, strict=True))
+    assert any(states % 2 for states in mc_states), "no step had an odd number of states: no padding exercised"
+    # The same distinct states and policy requests as on 1 process.
+    distinct = lambda requests: [sorted({tuple(p) for r in requests if r["n"] == n for p in r["prompts"]})  # noqa
+                                 for n in (NUM_GENERATIONS, MC_SAMPLES)]
+    assert distinct(rank0["requests"]) == distinct(single["requests"])
+    for log2, log1 in zip(rank0["logs"], single["logs"], strict=True):
+        for name, value in log1.items():
+            if "time" not in name and "per_second" not in name and name not in ("tokens/generated",
+                                                                                "segments/mc_tokens"):
+                assert log2[name] == pytest.approx(value, rel=1e-5, abs=1e-6), name
+    assert single["update"].norm() > 0
+    relative = ((rank0["update"] - single["update"]).norm() / single["update"].norm()).item()
+    assert relative < 1e-5 and torch.equal(rank0["update"], rank1["update"])
+
+
+@pytest.mark.parametrize("method, extra", [("grpo", []), ("spo", ["--num_mc_samples", "2"]), ("dense", [])])
+def test_segrl_train_with_use_vllm(random_model_dir, tmp_path, monkeypatch, method, extra):
+    """The CLI's runs with ``--use_vllm --vllm_mode server``: every generated token came from the server and is
+    counted once in ``tokens/generated``; evaluation and checkpoints work as without vLLM."""
+    fake_vllm.install(monkeypatch, random_model_dir)
+    out = tmp_path / method
+    result = CliRunner().invoke(app, [
+        "train", method, "--model", str(random_model_dir), "--output_dir", str(out), "--max_steps", "2",
+        "--per_device_train_batch_size", "4", "--num_generations", "4", "--max_completion_length", "8",
+        "--train_examples", "16", "--eval_examples", "4", "--eval_every", "1", "--report_to", "none",
+        "--logging_steps", "1", "--save_steps", "1", "--use_vllm", "--vllm_mode", "server", *extra])
+    assert result.exit_code == 0, result.output
+    records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records if "eval/accuracy" in r] == [0, 1, 2]
+    steps = [r for r in records if "loss" in r]
+    assert len(steps) == 2 and steps[-1]["tokens/generated"] == sum(r["generated"] for r in fake_vllm.REQUESTS) > 0
+    assert (method == "spo") == any(r["n"] == 2 for r in fake_vllm.REQUESTS)  # SPO's MC rollouts, N = 2
+    assert all((out / f"checkpoint-{step}" / "segrl_checkpoint.json").exists() for step in (1, 2))
