@@ -1,15 +1,16 @@
-"""SPO-chain through TRL's vLLM server mode (``use_vllm=True, vllm_mode="server"``), with a fake server
-(tests/fake_vllm.py) in place of ``trl vllm-serve``: everything between the trainer and the server is TRL's code.
+"""segrl's trainers through TRL's vLLM paths (``use_vllm=True``, server and colocate mode), with fakes in place of
+vLLM (tests/fake_vllm.py): everything between the trainer and vLLM is TRL's code.
 
-This checks segrl's side of the contract, which no CPU run otherwise reaches: the policy's samples and the Monte
-Carlo rollouts both go to the server, each distinct state once with ``n = num_mc_samples``; the server has the
-current weights at every step; the server's log-probs agree with the trainer's (importance-sampling ratio 1); and
-on 2 processes, where TRL gathers the prompts, answers on the main process and hands each process the slice at
-its position, the Monte Carlo calls are issued in lockstep (equal sizes, padded) and the run equals a 1-process
-run on the same global batch. vLLM itself (its sampler, its prefix caching) is not tested here; the GPU check
-(benchmarks/gpu_check.sh, ``spo_chain_vllm``) runs it.
+This checks segrl's side of the contract, which no CPU run otherwise reaches: SPO-chain's policy samples and its
+Monte Carlo rollouts both go to vLLM, each distinct state in one call with ``num_mc_samples`` samples; vLLM has the
+current weights at every step; its log-probs agree with the trainer's (importance-sampling ratio 1); on 2
+processes in server mode, where TRL gathers the prompts, answers on the main process and hands each process the
+slice at its position, the Monte Carlo calls are issued in lockstep (equal sizes, padded) and the run equals a
+1-process run on the same global batch; and ``segrl train grpo|spo|dense --use_vllm`` count every generated token.
+vLLM itself (its sampler, its prefix caching) is not tested here; the GPU check (benchmarks/gpu_check.sh,
+``spo_chain_vllm``) runs it.
 
-This file is also the script the launched processes run: ``python tests/test_vllm_server.py MODEL_DIR OUT``.
+This file is also the script the launched processes run: ``python tests/test_vllm_path.py MODEL_DIR OUT``.
 """
 
 from __future__ import annotations
@@ -32,8 +33,8 @@ def digit_sum_reward(completions, completion_ids, **kwargs):
     return [(sum(ids) % 5) / 4 for ids in completion_ids]
 
 
-def build_trainer(model_dir, out_dir, world: int, rows: int, **settings):
-    """SPO-chain with vLLM server mode; ``rows`` completions per step over ``world`` processes."""
+def build_trainer(model_dir, out_dir, world: int, rows: int, vllm_mode: str = "server", **settings):
+    """SPO-chain with vLLM; ``rows`` completions per step over ``world`` processes."""
     import torch
     from datasets import Dataset
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -43,8 +44,9 @@ def build_trainer(model_dir, out_dir, world: int, rows: int, **settings):
     config = SPOConfig(
         output_dir=str(out_dir), per_device_train_batch_size=rows // world, num_generations=NUM_GENERATIONS,
         max_completion_length=8, max_steps=STEPS, report_to="none", logging_steps=1, save_strategy="no",
-        use_cpu=True, bf16=False, seed=0, temperature=0.8, use_vllm=True, vllm_mode="server",
-        num_mc_samples=MC_SAMPLES, cutpoint_interval=3, segment0_baseline="group_mean", mc_batch_size=6, **settings)
+        use_cpu=True, bf16=False, seed=0, temperature=0.8, use_vllm=True,
+        num_mc_samples=MC_SAMPLES, cutpoint_interval=3, segment0_baseline="group_mean", mc_batch_size=6,
+        vllm_mode=vllm_mode, **settings)
     torch.manual_seed(0)
     return SPOTrainer(model=AutoModelForCausalLM.from_pretrained(model_dir), reward_funcs=[digit_sum_reward],
                       args=config, processing_class=AutoTokenizer.from_pretrained(model_dir),
@@ -100,28 +102,38 @@ class WeightsAtStepBegin(TrainerCallback):
                            len(fake_vllm.REQUESTS)))
 
 
-def test_spo_chain_samples_and_rolls_out_through_the_vllm_server(random_model_dir, tmp_path, monkeypatch):
+def colocated(monkeypatch):
+    """The environment TRL's colocate mode writes (RANK, WORLD_SIZE, MASTER_PORT ...), restored after the test."""
+    for name in ("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT"):
+        monkeypatch.delenv(name, raising=False)
+
+
+@pytest.mark.parametrize("mode", ["server", "colocate"])
+def test_spo_chain_samples_and_rolls_out_through_vllm(random_model_dir, tmp_path, monkeypatch, mode):
     fake_vllm.install(monkeypatch, random_model_dir)
-    trainer = build_trainer(random_model_dir, tmp_path, world=1, rows=8, learning_rate=1e-2)
-    assert isinstance(trainer.vllm_generation.vllm_client, fake_vllm.FakeVLLMClient)
+    colocated(monkeypatch)
+    trainer = build_trainer(random_model_dir, tmp_path, world=1, rows=8, learning_rate=1e-2, vllm_mode=mode)
+    engine = (trainer.vllm_generation.vllm_client if mode == "server" else trainer.vllm_generation.llm).engine
     steps = WeightsAtStepBegin()
     trainer.add_callback(steps)
     trainer.train()
     logs = [r for r in trainer.state.log_history if "loss" in r]
-    assert len(logs) == len(steps.steps) == STEPS and trainer.vllm_generation.vllm_client.synced == STEPS
+    assert len(logs) == len(steps.steps) == STEPS and engine.synced == STEPS
     bounds = [start for _, start in steps.steps] + [len(fake_vllm.REQUESTS)]
     for step, ((weights, _), log) in enumerate(zip(steps.steps, logs)):
         requests = fake_vllm.REQUESTS[bounds[step] : bounds[step + 1]]
         policy, *mc = requests
-        # The policy's samples: one request, each prompt once with n = num_generations.
-        assert policy["n"] == NUM_GENERATIONS and len(policy["prompts"]) == 2
-        # The MC rollouts: every distinct state once, n = num_mc_samples, each a prompt plus a completion prefix.
+        # The policy's samples: one call, 2 prompts x num_generations.
+        assert policy["n"] == NUM_GENERATIONS and len({tuple(p) for p in policy["prompts"]}) == 2
+        # The MC rollouts: every distinct state in one call, num_mc_samples times; each a prompt and a prefix.
         states = [tuple(state) for request in mc for state in request["prompts"]]
-        assert mc and {r["n"] for r in mc} == {MC_SAMPLES} and len(states) == len(set(states))
-        assert len(states) == log["segments/mc_states"]
-        assert all(any(state[: len(p)] == tuple(p) for p in policy["prompts"]) for state in states)
+        counts = collections.Counter(states)
+        assert mc and {r["n"] for r in mc} == {MC_SAMPLES} and set(counts.values()) == {MC_SAMPLES}
+        assert all(len({tuple(p) for p in r["prompts"]}) * MC_SAMPLES == len(r["prompts"]) for r in mc)
+        assert len(counts) == log["segments/mc_states"]
+        assert all(any(state[: len(p)] == tuple(p) for p in policy["prompts"]) for state in counts)
         assert {r["max_tokens"] for r in requests} == {8}
-        # The server samples with the weights the trainer has at this step (step 2: after step 1's update).
+        # vLLM samples with the weights the trainer has at this step (step 2: after step 1's update).
         assert all(torch.equal(r["weights"], weights) for r in requests)
         # Its log-probs are the trainer's: TRL's importance-sampling ratio is 1 up to float rounding.
         assert log["sampling/importance_sampling_ratio/min"] == pytest.approx(1.0, abs=1e-4)
@@ -147,10 +159,10 @@ def test_two_processes_through_the_vllm_server_equal_one(random_model_dir, tmp_p
         if request["n"] == NUM_GENERATIONS:
             steps.append([])
         else:
-            assert len(request["prompts"]) % 2 == 0
+            assert len(request["prompts"]) % (2 * MC_SAMPLES) == 0
             steps[-1] += [tuple(p) for p in request["prompts"]]
     assert [len(set(step)) for step in steps] == mc_states
-    assert all(len(step) == 2 * -(-states // 2) for step, states in zip(steps, mc_states, strict=True))
+    assert all(len(step) == 2 * -(-states // 2) * MC_SAMPLES for step, states in zip(steps, mc_states, strict=True))
     assert any(states % 2 for states in mc_states), "no step had an odd number of states: no padding exercised"
     # The same distinct states and policy requests as on 1 process.
     distinct = lambda requests: [sorted({tuple(p) for r in requests if r["n"] == n for p in r["prompts"]})  # noqa
@@ -166,17 +178,19 @@ def test_two_processes_through_the_vllm_server_equal_one(random_model_dir, tmp_p
     assert relative < 1e-5 and torch.equal(rank0["update"], rank1["update"])
 
 
+@pytest.mark.parametrize("mode", ["server", "colocate"])
 @pytest.mark.parametrize("method, extra", [("grpo", []), ("spo", ["--num_mc_samples", "2"]), ("dense", [])])
-def test_segrl_train_with_use_vllm(random_model_dir, tmp_path, monkeypatch, method, extra):
-    """The CLI's runs with ``--use_vllm --vllm_mode server``: every generated token came from the server and is
-    counted once in ``tokens/generated``; evaluation and checkpoints work as without vLLM."""
+def test_segrl_train_with_use_vllm(random_model_dir, tmp_path, monkeypatch, method, extra, mode):
+    """The CLI's runs with ``--use_vllm``: every generated token came from vLLM and is counted once in
+    ``tokens/generated``; evaluation and checkpoints work as without vLLM."""
     fake_vllm.install(monkeypatch, random_model_dir)
+    colocated(monkeypatch)
     out = tmp_path / method
     result = CliRunner().invoke(app, [
         "train", method, "--model", str(random_model_dir), "--output_dir", str(out), "--max_steps", "2",
         "--per_device_train_batch_size", "4", "--num_generations", "4", "--max_completion_length", "8",
         "--train_examples", "16", "--eval_examples", "4", "--eval_every", "1", "--report_to", "none",
-        "--logging_steps", "1", "--save_steps", "1", "--use_vllm", "--vllm_mode", "server", *extra])
+        "--logging_steps", "1", "--save_steps", "1", "--use_vllm", "--vllm_mode", mode, *extra])
     assert result.exit_code == 0, result.output
     records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in records if "eval/accuracy" in r] == [0, 1, 2]
