@@ -102,6 +102,15 @@ class WeightsAtStepBegin(TrainerCallback):
                            len(fake_vllm.REQUESTS)))
 
 
+def room(request: dict, policy: dict) -> int:
+    """The room an MC call of SPO-chain has: max_completion_length (8) minus its shortest completion prefix."""
+    def prefix_length(state):
+        prompt, = {tuple(p) for p in policy["prompts"] if state[: len(p)] == p}  # the prompt the state starts with
+        return len(state) - len(prompt)
+
+    return 8 - min(map(prefix_length, request["prompts"]))
+
+
 def colocated(monkeypatch):
     """The environment TRL's colocate mode writes (RANK, WORLD_SIZE, MASTER_PORT ...), restored after the test."""
     for name in ("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT"):
@@ -131,8 +140,9 @@ def test_spo_chain_samples_and_rolls_out_through_vllm(random_model_dir, tmp_path
         assert mc and {r["n"] for r in mc} == {MC_SAMPLES} and set(counts.values()) == {MC_SAMPLES}
         assert all(len({tuple(p) for p in r["prompts"]}) * MC_SAMPLES == len(r["prompts"]) for r in mc)
         assert len(counts) == log["segments/mc_states"]
-        assert all(any(state[: len(p)] == tuple(p) for p in policy["prompts"]) for state in counts)
-        assert {r["max_tokens"] for r in requests} == {8}
+        # Capped at the room left after the call's shortest completion prefix (past it a rollout cannot count).
+        assert policy["max_tokens"] == 8 and all(r["max_tokens"] == room(r, policy) for r in mc)
+        assert any(r["max_tokens"] < 8 for r in mc)
         # vLLM samples with the weights the trainer has at this step (step 2: after step 1's update).
         assert all(torch.equal(r["weights"], weights) for r in requests)
         # Its log-probs are the trainer's: TRL's importance-sampling ratio is 1 up to float rounding.
@@ -158,8 +168,10 @@ def test_two_processes_through_the_vllm_server_equal_one(random_model_dir, tmp_p
     for request in rank0["requests"]:
         if request["n"] == NUM_GENERATIONS:
             steps.append([])
+            policy = request
         else:
             assert len(request["prompts"]) % (2 * MC_SAMPLES) == 0
+            assert request["max_tokens"] == room(request, policy)  # the larger of the two processes' rooms
             steps[-1] += [tuple(p) for p in request["prompts"]]
     assert [len(set(step)) for step in steps] == mc_states
     assert all(len(step) == 2 * -(-states // 2) * MC_SAMPLES for step, states in zip(steps, mc_states, strict=True))

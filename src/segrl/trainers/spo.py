@@ -87,7 +87,7 @@ from __future__ import annotations
 
 import time
 from collections import deque
-from contextlib import contextmanager, nullcontext
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -387,8 +387,11 @@ class SPOTrainer(TokenCountingGRPOTrainer):
         for chunk_start in range(0, len(mine), chunk):
             batch = [unique[i] for i in mine[chunk_start : chunk_start + chunk]]
             # A continuation longer than the room left scores 0 (truncated) whatever it holds, so none is sampled
-            # past the room of the chunk's shortest prefix (in lockstep every process keeps the same calls instead).
+            # past the room of the chunk's shortest prefix (in lockstep: the largest room of the processes' chunks,
+            # since their calls are one generate call, or must have the same length).
             room = self.max_completion_length - min(len(states[key][1]) for key in batch)
+            if self._generation_in_lockstep:
+                room = int(acc.reduce(torch.tensor(room, device=acc.device), "max").item())
             continuations = self._mc_rollouts([list(key) for key in batch], n, room)
             mc_tokens += sum(len(c) for c in continuations)
             payloads = [states[key] for key in batch for _ in range(n)]
@@ -411,11 +414,10 @@ class SPOTrainer(TokenCountingGRPOTrainer):
         return values[index].to(acc.device), stats
 
     def _mc_rollouts(self, states: list[list[int]], n: int, room: int) -> list[list[int]]:
-        """``n`` continuations of each state, state-major, of at most ``room`` tokens (under vLLM or in lockstep:
-        ``max_completion_length``, the same on every process; :meth:`_score` cuts what lies past the room). HF
-        generation encodes each state once and shares its cache among its samples (:mod:`segrl.mc_rollouts`); vLLM,
-        continuous batching, lockstep runs, a cache that cannot be shared and a replaced ``_generate_single_turn``
-        take ``_generate_single_turn``, the state repeated ``n`` times."""
+        """``n`` continuations of each state, state-major, of at most ``room`` tokens. HF generation encodes each
+        state once and shares its cache among its samples (:mod:`segrl.mc_rollouts`); vLLM, continuous batching,
+        lockstep runs, a cache that cannot be shared and a replaced ``_generate_single_turn`` take
+        ``_generate_single_turn``, the state repeated ``n`` times."""
         # Sharing stands in for TRL's own sampler only: one that replaced it (a subclass's, a test's stand-in) keeps
         # receiving every rollout.
         trl_sampler = getattr(self._generate_single_turn, "__func__", None) is GRPOTrainer._generate_single_turn
@@ -429,8 +431,7 @@ class SPOTrainer(TokenCountingGRPOTrainer):
                 continuations = sample_continuations(model, states, n, room, self.generation_config)
             if continuations is not None:
                 return continuations
-        # vLLM samples up to max_completion_length (TRL sends no per-call cap); lockstep keeps the same calls.
-        with nullcontext() if self.use_vllm or self._generation_in_lockstep else self._max_new_tokens(room):
+        with self._max_new_tokens(room):
             return self._generate_single_turn([state for state in states for _ in range(n)], None, {}, n)[0]
 
     def _score(self, rows: list[dict], full_ids: list[list[int]]) -> torch.Tensor:
@@ -470,14 +471,16 @@ class SPOTrainer(TokenCountingGRPOTrainer):
 
     @contextmanager
     def _max_new_tokens(self, limit: int):
-        """Generate at most ``limit`` tokens per sequence inside the block (HF generation; MC rollouts and tree
-        levels use it to sample no token that could not count)."""
-        previous = self.generation_config.max_new_tokens
-        self.generation_config.max_new_tokens = limit
+        """Generate at most ``limit`` tokens per sequence inside the block, so that MC rollouts sample no token that
+        could not count: HF generation's ``max_new_tokens``, or the cap TRL's vLLM path sends with each request."""
+        target, name = ((self.vllm_generation, "max_completion_length") if self.use_vllm
+                        else (self.generation_config, "max_new_tokens"))
+        previous = getattr(target, name)
+        setattr(target, name, limit)
         try:
             yield
         finally:
-            self.generation_config.max_new_tokens = previous
+            setattr(target, name, previous)
 
     def _tree_batch(self, inputs: list[dict[str, Any]]) -> dict[str, Any]:
         """Grow one tree per prompt, back the leaf rewards up, and turn every non-root node with A != 0 into a
