@@ -1,7 +1,8 @@
 """Kill a training run with SIGKILL, resume it with ``--resume``, and compare with the run that was not interrupted.
 
-For each command of issue 11 (``train spo`` chain and tree with its replay buffer, ``train dense`` with PPO's value
-model, ``train rm``, ``train densedpo``, ``remedy train``), on a tiny random model on the CPU under a fixed seed:
+For each training command (``train spo`` chain and tree with its replay buffer, ``train dense`` with PPO's value
+model, ``train grpo``, ``train drlc`` with self-critique, ``train rm``, ``train densedpo``, ``remedy train``), on a
+tiny random model on the CPU under a fixed seed:
 
 1. the uninterrupted run (8 steps, a checkpoint every 2);
 2. the same run killed with SIGKILL once step 5 was logged (checkpoints 2 and 4 complete, metrics of step 5 written,
@@ -9,7 +10,8 @@ model, ``train rm``, ``train densedpo``, ``remedy train``), on a tiny random mod
    value equal except wall-clock times) and the same final parameters, bit for bit;
 3. checkpoints cut off mid-write (no marker, a truncated file) are skipped, and the run resumes from the one before.
 
-Every run is a separate process (``python -c``), as a user's would be. Budget: about 2 minutes on 2 CPU cores.
+Every run is a separate process (tests/signal_cli.py), as a user's would be. Budget: about 2.5 minutes on 2 CPU
+cores.
 """
 
 from __future__ import annotations
@@ -159,6 +161,9 @@ def _command(case: str, policy: Path, data: Path, out: Path) -> list[str]:
         "spo_tree": ["train", "spo", *rl, "--spo_mode", "tree", "--tree_branching", "2", "2",
                      "--segment_length", "3", "--replay_iterations", "2", "--replay_per_prompt", "3", *common],
         "dense_gae": ["train", "dense", *rl, *common],
+        "grpo": ["train", "grpo", *rl, *common],
+        # Self-critique: the policy, as it is at each step, answers the critic prompt (greedy, rarely parsable).
+        "drlc_self": ["train", "drlc", *rl, "--critic", "self", "--critic_max_new_tokens", "8", *common],
         "rm": ["train", "rm", *base, "--train_file", str(data / "prepared.jsonl"), "--per_device_train_batch_size",
                "2", *common],
         "densedpo": ["train", "densedpo", *base, "--train_file", str(data / "aligned.jsonl"),
@@ -169,7 +174,7 @@ def _command(case: str, policy: Path, data: Path, out: Path) -> list[str]:
     }[case]
 
 
-CASES = ["spo_chain", "spo_tree", "dense_gae", "rm", "densedpo", "remedy"]
+CASES = ["spo_chain", "spo_tree", "dense_gae", "grpo", "drlc_self", "rm", "densedpo", "remedy"]
 
 
 @pytest.mark.parametrize("case", CASES)
