@@ -152,6 +152,54 @@ def test_spo_chain_samples_and_rolls_out_through_vllm(random_model_dir, tmp_path
     assert not torch.equal(steps.steps[0][0], steps.steps[1][0])  # the step trained
 
 
+@pytest.mark.parametrize("mode", ["server", "colocate"])
+def test_spo_tree_grows_its_levels_through_vllm(random_model_dir, tmp_path, monkeypatch, mode):
+    """SPO-tree (2-2, M = 3) on one process: each level's children come from vLLM, capped at M tokens (the last
+    level at the room left, 8 - 3), with the current weights; every generated token is counted."""
+    fake_vllm.install(monkeypatch, random_model_dir)
+    colocated(monkeypatch)
+    trainer = build_trainer(random_model_dir, tmp_path, world=1, rows=8, learning_rate=1e-2, vllm_mode=mode,
+                            spo_mode="tree", tree_branching=[2, 2], segment_length=3,
+                            vllm_importance_sampling_correction=False)
+    steps = WeightsAtStepBegin()
+    trainer.add_callback(steps)
+    trainer.train()
+    logs = [r for r in trainer.state.log_history if "loss" in r]
+    bounds = [start for _, start in steps.steps] + [len(fake_vllm.REQUESTS)]
+    for step, ((weights, _), log) in enumerate(zip(steps.steps, logs)):
+        roots, *level1 = fake_vllm.REQUESTS[bounds[step] : bounds[step + 1]]
+        assert (roots["n"], roots["max_tokens"], len({tuple(p) for p in roots["prompts"]})) == (2, 3, 2)
+        nodes = [tuple(p) for r in level1 for p in r["prompts"]]
+        assert level1 and {(r["n"], r["max_tokens"]) for r in level1} == {(2, 5)}
+        assert all(any(len(node) == len(root) + 3 and node[: len(root)] == tuple(root) for root in roots["prompts"])
+                   for node in nodes)
+        assert all(torch.equal(r["weights"], weights) for r in [roots, *level1])
+        generated = sum(r["generated"] for r in fake_vllm.REQUESTS[: bounds[step + 1]])
+        assert log["tokens/generated"] == generated and torch.isfinite(torch.tensor(log["loss"]))
+    assert len(logs) == STEPS and not torch.equal(steps.steps[0][0], steps.steps[1][0])
+
+
+def test_spo_tree_refuses_calls_in_lockstep(random_model_dir, tmp_path, monkeypatch):
+    """On several processes with vLLM, ZeRO-3 or FSDP every process must make the same generate calls, which a
+    tree's cannot."""
+    from segrl.errors import UserError
+    from segrl.trainers.grpo import TokenCountingGRPOTrainer
+
+    fake_vllm.install(monkeypatch, random_model_dir)
+    monkeypatch.setattr(TokenCountingGRPOTrainer, "_generation_in_lockstep", property(lambda self: True))
+    with pytest.raises(UserError, match="SPO-tree on several processes needs DDP or DeepSpeed ZeRO-1/2 and HF"):
+        build_trainer(random_model_dir, tmp_path, world=1, rows=8, spo_mode="tree",
+                      vllm_importance_sampling_correction=False)
+
+
+def test_spo_tree_with_vllm_needs_the_importance_sampling_correction_off(random_model_dir, tmp_path, monkeypatch):
+    from segrl.errors import UserError
+
+    fake_vllm.install(monkeypatch, random_model_dir)
+    with pytest.raises(UserError, match="pass --no_vllm_importance_sampling_correction"):
+        build_trainer(random_model_dir, tmp_path, world=1, rows=8, spo_mode="tree")
+
+
 def test_two_processes_through_the_vllm_server_equal_one(random_model_dir, tmp_path):
     """2 processes (gloo; the server on the main process, TRL's gather / broadcast / slice) against 1, same global
     batch: the same server requests, equal metrics and equal parameter updates (float rounding)."""

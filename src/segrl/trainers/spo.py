@@ -42,11 +42,15 @@ Deviations from the paper and the released code, and why:
   their advantages.
 - Reward functions must be Python callables (TRL's signature); reward *models* are not supported for the MC
   scoring here, since TRL's reward-model path gathers across processes, which unequal MC batch sizes would break.
-- MC continuations are sampled from the generation-time policy, in chunks of ``mc_batch_size`` sequences. With HF
-  generation each state is encoded once and its KV cache shared by its N samples (:mod:`segrl.mc_rollouts`; vLLM,
-  continuous batching, lockstep runs, caches other than plain full-attention ones and a replaced
-  ``_generate_single_turn`` get the state N times).
-- Tree mode: HF generation only for now (vLLM would need a per-call token cap). The optional replay buffer
+- MC continuations are sampled from the generation-time policy, in chunks of ``mc_batch_size`` sequences, each
+  chunk capped at the room its shortest prefix leaves before ``max_completion_length`` (HF generation's
+  ``max_new_tokens`` or the ``max_tokens`` TRL sends to vLLM). With HF generation each state is encoded once and
+  its KV cache shared by its N samples (:mod:`segrl.mc_rollouts`; vLLM, continuous batching, lockstep runs, caches
+  other than plain full-attention ones and a replaced ``_generate_single_turn`` get the state N times; vLLM's
+  prefix caching then shares the prefix).
+- Tree mode: vLLM on one process only (see Multi-process), and without TRL's vLLM importance-sampling correction
+  (``vllm_importance_sampling_correction=False`` must be set): the examples' old log-probs are the trainer's, as
+  in TRL without the correction. The optional replay buffer
   (``replay_iterations``, off by default) keeps up to ``replay_per_prompt`` examples per prompt of each earlier
   iteration, as the released code does. The number of examples varies from batch to batch; it is trimmed to a
   multiple of ``steps_per_generation``, which TRL splits it into. The buffer is saved in every checkpoint.
@@ -63,8 +67,8 @@ processes, times the slowest process's). Tree: each process grows the trees of i
 generation batch (``per_device_train_batch_size`` x ``steps_per_generation``) must hold whole groups of
 ``num_generations``; the number of training examples then differs between processes, which TRL's default
 ``loss_type="dapo"`` (normalised by the global token count) handles exactly, while per-process normalisations
-weigh processes equally. Tree mode needs DDP or ZeRO-1/2 (its generate and forward calls differ between
-processes). Given the same completions and MC values, the advantages equal a single-process run's
+weigh processes equally. Tree mode needs DDP or ZeRO-1/2 and HF generation (its generate and forward calls differ
+between processes). Given the same completions and MC values, the advantages equal a single-process run's
 (tests/test_multiprocess.py).
 
 Metrics (under ``segments/``; chain): ``per_completion`` (mean segments per completion), ``mean_length`` (tokens),
@@ -179,8 +183,10 @@ class SPOConfig(GRPOConfig):
                 raise UserError(f"SPOConfig.{name} must be >= 1, got {getattr(self, name)}")
         if not self.tree_branching or min(self.tree_branching) < 1:
             raise UserError(f"SPOConfig.tree_branching must be positive integers, got {self.tree_branching}")
-        if self.spo_mode == "tree" and self.use_vllm:
-            raise UserError("SPO-tree runs with HF generation for now (use_vllm is supported in chain mode)")
+        if self.spo_mode == "tree" and self.use_vllm and self.vllm_importance_sampling_correction:
+            raise UserError("SPO-tree with vLLM does not apply TRL's importance-sampling correction (its examples' "
+                            "log-probs are the trainer's, not vLLM's): pass --no_vllm_importance_sampling_correction "
+                            "to run it without")
         super().__post_init__()
         local_batch = self.per_device_train_batch_size * self.steps_per_generation
         if self.spo_mode == "tree" and local_batch % self.num_generations:
@@ -200,8 +206,9 @@ class SPOTrainer(TokenCountingGRPOTrainer):
         if any(isinstance(func, nn.Module) for func in self.reward_funcs):
             raise UserError("SPOTrainer scores Monte Carlo rollouts with Python reward functions only")
         if self.args.spo_mode == "tree" and self._generation_in_lockstep:
-            raise UserError("SPO-tree on several processes needs DDP or DeepSpeed ZeRO-1/2: its trees make different "
-                            "generate and forward calls on each process, which ZeRO-3 and FSDP cannot run")
+            raise UserError("SPO-tree on several processes needs DDP or DeepSpeed ZeRO-1/2 and HF generation: its "
+                            "trees make different generate and forward calls on each process, which ZeRO-3, FSDP "
+                            "and vLLM cannot run")
         self.last_example: dict | None = None  # one completion of the latest batch, with its advantages
         self._replay = deque(maxlen=self.args.replay_iterations)  # tree mode: earlier iterations' examples
 
