@@ -284,7 +284,8 @@ def cli_runs(random_model_dir, tmp_path_factory):
     for name, (method, *flags) in CLI_RUNS.items():
         argv += ["train", method, "--model", str(random_model_dir), "--output_dir", str(root / name), *COMMON_FLAGS,
                  *flags, "--then"]
-    launch(argv[:-1], env={"SEGRL_MP_TRACE": str(trace)})
+    result = launch(argv[:-1], env={"SEGRL_MP_TRACE": str(trace)})
+    assert result.stdout.count("Run written to") == len(CLI_RUNS)  # by the main process only
     calls = [json.loads(line) for rank in (0, 1) for line in (trace / f"rank{rank}.jsonl").read_text().splitlines()]
     return root, calls
 

@@ -155,6 +155,12 @@ def segment(
     console.print(f"HTML page with per-token signals: [bold]{os.path.abspath(html)}[/]", highlight=False)
 
 
+def _print_once(*args, **kwargs) -> None:
+    """Print on the main process only (``accelerate launch`` / torchrun set RANK in each process)."""
+    if os.environ.get("RANK", "0") == "0":
+        console.print(*args, **kwargs)
+
+
 def _has_flag(args: list[str], name: str) -> bool:
     return name in args or any(a.startswith(name + "=") for a in args)
 
@@ -241,21 +247,21 @@ def train(
         from segrl.reward_training import train_reward_model
 
         out = train_reward_model(run, config)
-        console.print(f"Reward model written to [bold]{out / 'final'}[/] (config.json, metrics.jsonl beside it)",
-                      highlight=False)
+        _print_once(f"Reward model written to [bold]{out / 'final'}[/] (config.json, metrics.jsonl beside it)",
+                    highlight=False)
         return
     if method in ("dpo", "densedpo"):
         from segrl.preference_training import train_preference
 
         out = train_preference(method, run, config)
-        console.print(f"Policy written to [bold]{out / 'final'}[/] (config.json, metrics.jsonl beside it)",
-                      highlight=False)
+        _print_once(f"Policy written to [bold]{out / 'final'}[/] (config.json, metrics.jsonl beside it)",
+                    highlight=False)
         return
     from segrl.training import train as run_training
 
     assert method in METHODS
     out = run_training(method, run, config)
-    console.print(f"Run written to [bold]{out}[/]: config.json, metrics.jsonl, final/", highlight=False)
+    _print_once(f"Run written to [bold]{out}[/]: config.json, metrics.jsonl, final/", highlight=False)
 
 
 @app.command("prepare-segments")
@@ -450,8 +456,8 @@ def remedy_train(ctx: typer.Context):
 
     run, config = _parse_trl(list(ctx.args), RemedyRunArguments, RewardConfig, "segrl remedy train", "runs/remedy")
     out = train_remedy(run, config)
-    console.print(f"ReMedy model written to [bold]{out / 'final'}[/] (config.json, metrics.jsonl beside it)",
-                  highlight=False)
+    _print_once(f"ReMedy model written to [bold]{out / 'final'}[/] (config.json, metrics.jsonl beside it)",
+                highlight=False)
 
 
 @remedy_app.command("score")

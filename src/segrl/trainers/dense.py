@@ -44,13 +44,15 @@ value model is fitted to them; the value model's own optimizer step is skipped o
 (counted in ``guards/value_skipped_steps``; 3 in a row stop the run), a decision reduced over processes.
 
 Multi-process (``accelerate launch``; docs/SCALING.md): each process scores, values and shapes the rewards of its
-slice of the global batch. The value model is wrapped for data parallelism by ``accelerate`` (DDP): each process
-fits its own rows, all making the same number of minibatch steps, and each process's token-mean loss is weighted by
-its share of the minibatch's tokens, so that DDP's average is the gradient of the token mean over all processes.
+slice of the global batch. The value model is wrapped for data parallelism (DDP by ``accelerate``; under DeepSpeed
+ZeRO-1/2, which leaves a model outside its engine alone, torch's DDP; sharded under FSDP 2): each process fits its
+own rows, all making the same number of minibatch steps, and each process's token-mean loss is weighted by its
+share of the minibatch's tokens, so that the averaged gradient is the gradient of the token mean over all processes.
 The critic-free baseline gathers the rewards of the global batch (a prompt's group may span processes) and keeps
 this process's rows. Whitening uses moments summed over processes; the ``dense/*`` and ``value/*`` metrics are
-global (sums or ratios of sums), a source's own per-batch metrics are averaged over processes. Only the main
-process saves the value model.
+global (sums or ratios of sums), a source's own per-batch metrics are averaged over processes. The main process
+saves the value model (under FSDP its shards are gathered first). DeepSpeed ZeRO-3 is refused: the reference copy
+and the value model would be partitioned models outside DeepSpeed's engine.
 
 Checkpoints (:mod:`segrl.trainers.resumable`) hold the value model (``value_model.safetensors``), its AdamW state and
 its skip counts besides the policy's, so that ``--resume`` continues PPO where it stopped.
@@ -72,6 +74,7 @@ from typing import Any
 import safetensors.torch
 import torch
 from accelerate.utils import gather_object, is_peft_model
+from torch.distributed.checkpoint.state_dict import StateDictOptions, get_state_dict, set_state_dict
 from trl import GRPOConfig
 from trl.trainer.utils import create_model_from_path, disable_dropout_in_model, use_adapter
 
@@ -154,6 +157,12 @@ class DenseRewardTrainer(TokenCountingGRPOTrainer):
         if not is_peft_model(model) and kwargs.get("peft_config") is None:  # else: the adapter turned off
             reference = copy.deepcopy(model).eval().requires_grad_(False)
         super().__init__(model, reward_funcs, args, *rest, **kwargs)
+        plugin = getattr(self.accelerator.state, "deepspeed_plugin", None)
+        if self.is_deepspeed_enabled and plugin is not None and plugin.zero_stage == 3:
+            # The policy is loaded partitioned (zero.Init); its reference copy and the value model would be
+            # partitioned models outside DeepSpeed's engine, with empty weights.
+            raise UserError("The dense trainer does not run under DeepSpeed ZeRO-3 (its reference and value models "
+                            "live outside DeepSpeed's engine): use ZeRO-1/2 or FSDP")
         self.reference = reference.to(self.accelerator.device) if reference is not None else None
         self.dense_rewards = dense_rewards
         policy = self.accelerator.unwrap_model(self.model)
@@ -167,7 +176,22 @@ class DenseRewardTrainer(TokenCountingGRPOTrainer):
                 value_model = new_reward_model(source, "bandit", None, seed=self.args.seed, bias=True)
             if self.args.disable_dropout:
                 disable_dropout_in_model(value_model)
-            self.value_model = self.accelerator.prepare_model(value_model.to(self.accelerator.device).train())
+            acc = self.accelerator
+            if acc.is_fsdp2:
+                # accelerate's prepare_model refuses FSDP2. fsdp2_prepare_model shards the model; with
+                # fsdp_cpu_ram_efficient_loading, transformers loaded it on the meta device on every process but
+                # the first (it was loaded after the process group started), and it gets the first one's weights.
+                from accelerate.utils.fsdp_utils import fsdp2_prepare_model
+
+                self.value_model = fsdp2_prepare_model(acc, value_model.train())
+            elif self.is_deepspeed_enabled and acc.num_processes > 1:
+                # accelerate leaves a model outside DeepSpeed's engine unwrapped, and its gradients would not be
+                # averaged: torch's DDP does that, as accelerate's own wrapping does without DeepSpeed.
+                value_model = value_model.to(acc.device).train()
+                self.value_model = torch.nn.parallel.DistributedDataParallel(
+                    value_model, device_ids=[acc.local_process_index] if acc.device.type == "cuda" else None)
+            else:
+                self.value_model = acc.prepare_model(value_model.to(acc.device).train())
             self.value_optimizer = torch.optim.AdamW(self.value_model.parameters(), lr=self.args.value_learning_rate)
 
     @torch.no_grad()
@@ -353,23 +377,41 @@ class DenseRewardTrainer(TokenCountingGRPOTrainer):
 
     def save_checkpoint_files(self, folder: Path) -> None:
         super().save_checkpoint_files(folder)
-        if self.value_model is not None and self.args.should_save:
-            safetensors.torch.save_model(self.accelerator.unwrap_model(self.value_model),
-                                         str(folder / VALUE_WEIGHTS))
+        if self.value_model is None:
+            return
+        if self.is_fsdp_enabled:  # gather the shards of the weights and of AdamW's state: every process takes part
+            weights, optimizer = get_state_dict(self.value_model, self.value_optimizer,
+                                                options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+        if not self.args.should_save:
+            return
+        if self.is_fsdp_enabled:
+            safetensors.torch.save_file(weights, str(folder / VALUE_WEIGHTS))
+            torch.save(optimizer, folder / VALUE_OPTIMIZER)
+        else:
+            safetensors.torch.save_model(self.accelerator.unwrap_model(self.value_model), str(folder / VALUE_WEIGHTS))
             torch.save(self.value_optimizer.state_dict(), folder / VALUE_OPTIMIZER)
 
     def load_checkpoint_files(self, folder: Path) -> None:
         super().load_checkpoint_files(folder)
-        if self.value_model is not None:
-            if not (folder / VALUE_WEIGHTS).is_file():
-                raise UserError(f"{folder} has no {VALUE_WEIGHTS}: it was not written by a GAE run")
-            safetensors.torch.load_model(self.accelerator.unwrap_model(self.value_model), str(folder / VALUE_WEIGHTS),
-                                         device=str(self.accelerator.device))
-            self.value_optimizer.load_state_dict(torch.load(folder / VALUE_OPTIMIZER, weights_only=True,
-                                                            map_location=self.accelerator.device))
+        if self.value_model is None:
+            return
+        if not (folder / VALUE_WEIGHTS).is_file():
+            raise UserError(f"{folder} has no {VALUE_WEIGHTS}: it was not written by a GAE run")
+        # Read onto the CPU; loading copies the tensors to the parameters' devices.
+        optimizer = torch.load(folder / VALUE_OPTIMIZER, weights_only=True, map_location="cpu")
+        if self.is_fsdp_enabled:  # every process reads the whole state and keeps its shards
+            set_state_dict(self.value_model, self.value_optimizer,
+                           model_state_dict=safetensors.torch.load_file(str(folder / VALUE_WEIGHTS)),
+                           optim_state_dict=optimizer, options=StateDictOptions(full_state_dict=True))
+        else:
+            safetensors.torch.load_model(self.accelerator.unwrap_model(self.value_model), str(folder / VALUE_WEIGHTS))
+            self.value_optimizer.load_state_dict(optimizer)
 
     def save_value_model(self, path) -> None:
-        """Save the value model (safetensors) next to the policy, e.g. to resume or inspect its values (main process
-        only)."""
-        if self.value_model is not None and self.args.should_save:
-            self.accelerator.unwrap_model(self.value_model).save_pretrained(path, safe_serialization=True)
+        """Save the value model (safetensors) next to the policy, e.g. to resume or inspect its values. Every process
+        calls it (FSDP gathers the shards); the main one writes."""
+        if self.value_model is not None:
+            state_dict = self.accelerator.get_state_dict(self.value_model)  # gathers FSDP shards: every process
+            if self.args.should_save:
+                self.accelerator.unwrap_model(self.value_model).save_pretrained(path, state_dict=state_dict,
+                                                                                safe_serialization=True)

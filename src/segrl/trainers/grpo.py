@@ -40,6 +40,7 @@ Checkpoints (:mod:`segrl.trainers.resumable`) also hold the ``tokens/generated``
 from __future__ import annotations
 
 import logging
+import os
 from typing import Any
 
 import torch
@@ -49,6 +50,7 @@ from trl.trainer.utils import is_async_callable
 
 from segrl import advantages as adv
 from segrl import guards
+from segrl.errors import UserError
 from segrl.trainers.guarded import GuardedTrainerMixin
 from segrl.trainers.resumable import ResumableTrainerMixin
 
@@ -62,6 +64,11 @@ class TokenCountingGRPOTrainer(GuardedTrainerMixin, ResumableTrainerMixin, GRPOT
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
+        if os.environ.get("ACCELERATE_USE_FSDP", "").lower() == "true" and not self.is_fsdp_enabled:
+            # accelerate (1.15) turns FSDP on for GPU-like devices only: on CPUs it runs plain DDP, while
+            # transformers, which reads the same variables, loads later models (the value model) on the meta device.
+            raise UserError("accelerate runs an FSDP config on CPUs as plain DDP: launch with "
+                            "configs/accelerate/cpu_2proc.yaml on CPUs (docs/SCALING.md)")
         self.generated_tokens = 0
         self._last_rewards_per_func: torch.Tensor | None = None
         args = self.args
