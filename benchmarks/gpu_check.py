@@ -13,8 +13,9 @@ Checks (each passes or fails on its own; the exit status is 1 if any failed):
    near-tie), and how much faster they sample 9 continuations of 12 states.
 4. ``spo_chain_bf16`` and ``spo_tree_bf16``: SPO trains 2 steps in bf16 with HF generation: finite losses, MC tokens
    generated (chain), trees grown (tree).
-5. ``spo_chain_vllm``: the same chain run with ``use_vllm`` (TRL's colocated vLLM, prefix caching on) for the
-   policy samples and the MC rollouts; recorded as skipped when vllm is not installed.
+5. ``spo_chain_vllm`` and ``spo_tree_vllm``: the same runs with ``use_vllm`` (TRL's colocated vLLM, prefix caching
+   on) for the policy samples, the MC rollouts and the tree levels (tree: without TRL's importance-sampling
+   correction, which it does not support); recorded as skipped when vllm is not installed.
 
 ``--allow-cpu`` runs everything on the CPU instead (a dry run of this script where there is no GPU).
 """
@@ -148,7 +149,8 @@ def check_spo(model_name: str, device: str, mode: str, use_vllm: bool) -> dict:
     on_gpu = device == "cuda"
     extra = dict(tree_branching=[2, 2], segment_length=12) if mode == "tree" else dict(num_mc_samples=4)
     if use_vllm:
-        extra.update(use_vllm=True, vllm_mode="colocate", vllm_gpu_memory_utilization=0.3)
+        extra.update(use_vllm=True, vllm_mode="colocate", vllm_gpu_memory_utilization=0.3,
+                     vllm_importance_sampling_correction=mode == "chain")
     with tempfile.TemporaryDirectory() as out:
         config = SPOConfig(output_dir=out, spo_mode=mode, per_device_train_batch_size=16, num_generations=8,
                            max_completion_length=48, max_steps=2, logging_steps=1, save_strategy="no",
@@ -189,9 +191,10 @@ def main():
         "mc_shared_prefix": lambda: check_mc_shared_prefix(args.model, device),
         "spo_chain_bf16": lambda: check_spo(args.model, device, "chain", use_vllm=False),
         "spo_tree_bf16": lambda: check_spo(args.model, device, "tree", use_vllm=False),
-        "spo_chain_vllm": (lambda: check_spo(args.model, device, "chain", use_vllm=True)) if has_vllm and device == "cuda"
-        else None,
     }
+    for mode in ("chain", "tree"):
+        checks[f"spo_{mode}_vllm"] = ((lambda mode=mode: check_spo(args.model, device, mode, use_vllm=True))
+                                      if has_vllm and device == "cuda" else None)
     results = {"device": torch.cuda.get_device_name() if device == "cuda" else "cpu", "model": args.model,
                "torch": torch.__version__, "date": time.strftime("%Y-%m-%d"), "checks": {}}
     for name, check in checks.items():
