@@ -46,10 +46,8 @@ PAIRS = [("The soup was", " hot.", " cold."), ("We sat by the", " window.", " do
 
 
 def _volatile(key: str) -> bool:
-    """Wall-clock measurements, which differ between any two runs, and the end-of-training summary's
-    ``train_loss``, which transformers defines as the mean loss of the steps *this* ``train()`` call trained (the
-    documented difference of a resumed run: docs/RELIABILITY.md)."""
-    return key in ("wall_seconds", "train_loss") or "time" in key or "runtime" in key or "per_second" in key
+    """Wall-clock measurements, which differ between any two runs."""
+    return key == "wall_seconds" or "time" in key or "runtime" in key or "per_second" in key
 
 
 def _metrics(out: Path) -> list[dict]:

@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 import torch.distributed as dist
+from transformers import TrainerCallback
 from transformers.trainer_utils import rotate_checkpoints
 
 from segrl.checkpoints import METRICS, mark_complete
@@ -46,6 +47,8 @@ class ResumableTrainerMixin:
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
+        self._loss_total_at_checkpoint: float | None = None  # set when resuming
+        self.add_callback(_RestoreLossTotal(self))
         args = self.args
         if args.save_strategy == "steps" and args.save_steps >= 1 and args.logging_steps >= 1:
             if args.save_steps % args.logging_steps:
@@ -58,13 +61,16 @@ class ResumableTrainerMixin:
     def checkpoint_state(self) -> dict[str, Any]:
         """This process's trainer state that transformers does not save, as JSON-able values; subclasses extend it
         (``{**super().checkpoint_state(), ...}``). Here: TRL's count of training tokens (its DPO and reward
-        trainers log it as ``num_tokens``)."""
-        return {"trl_train_tokens": getattr(self, "_total_train_tokens", None)}
+        trainers log it as ``num_tokens``), and transformers' sum of the logged losses, from which the end of
+        training reports ``train_loss`` (their mean over the run)."""
+        return {"trl_train_tokens": getattr(self, "_total_train_tokens", None),
+                "loss_total": self._total_loss_scalar}
 
     def load_checkpoint_state(self, state: dict[str, Any]) -> None:
         """Take back what :meth:`checkpoint_state` returned; subclasses call ``super()`` too."""
         if state["trl_train_tokens"] is not None:
             self._total_train_tokens = state["trl_train_tokens"]
+        self._loss_total_at_checkpoint = state.get("loss_total")  # absent in checkpoints of segrl < session 7
 
     def save_checkpoint_files(self, folder: Path) -> None:
         """Write binary state into the checkpoint ``folder`` (every process calls it; the main one writes)."""
@@ -107,3 +113,19 @@ class ResumableTrainerMixin:
             self.load_checkpoint_files(folder)
             resume_from_checkpoint = str(folder)
         return super().train(resume_from_checkpoint, *args, **kwargs)
+
+
+class _RestoreLossTotal(TrainerCallback):
+    """transformers resets its loss sum, and counts ``train_loss``'s steps from the resumed step, at the start of
+    ``train()``; just after that (``on_train_begin``) this puts back the sum of the checkpoint, so that a resumed
+    run's ``train_loss`` is the mean over all its steps, as the uninterrupted run's is."""
+
+    def __init__(self, trainer: ResumableTrainerMixin):
+        self.trainer = trainer
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        trainer = self.trainer
+        if trainer._loss_total_at_checkpoint is not None:
+            trainer._total_loss_scalar = trainer._loss_total_at_checkpoint
+            trainer._initial_global_step = 0
+
