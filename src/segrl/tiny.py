@@ -93,7 +93,7 @@ MAX_POSITIONS = 512
 
 
 def _resolve_task(task: str | ModuleType) -> ModuleType:
-    if isinstance(task, ModuleType):
+    if not isinstance(task, str):  # a task module, or anything with its ``reward`` (segrl.user_data)
         return task
     from segrl.tasks import get_task
 
@@ -269,8 +269,8 @@ def evaluate(
     ``max_new_tokens=None`` allows 1.5x the longest demonstration plus 8 tokens. ``seed`` (when not None) seeds
     torch's global RNG before sampling. A reward of None (not applicable) counts as 0.
     """
-    return evaluate_metrics(model, tokenizer, task, dataset, greedy, temperature, max_new_tokens, batch_size,
-                            seed)["accuracy"]
+    scores = evaluate_metrics(model, tokenizer, task, dataset, greedy, temperature, max_new_tokens, batch_size, seed)
+    return scores[getattr(_resolve_task(task), "score_name", "accuracy")]
 
 
 def evaluate_metrics(
@@ -303,7 +303,8 @@ def evaluate_metrics(
     )
     columns = {c: list(dataset[c]) for c in dataset.column_names if c not in ("prompt", "completion")}
     rewards = task_mod.reward(prompts, completions, **columns)
-    scores = {"accuracy": float(sum(r or 0.0 for r in rewards) / len(rewards))}
+    score_name = getattr(task_mod, "score_name", "accuracy")  # a built-in task's mean reward is its accuracy
+    scores = {score_name: float(sum(r or 0.0 for r in rewards) / len(rewards))}
     if hasattr(task_mod, "metrics"):
         scores.update(task_mod.metrics(prompts, completions, **columns))
     return scores

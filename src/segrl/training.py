@@ -1,11 +1,12 @@
-"""Run an RL method on a built-in task: the library behind ``segrl train``.
+"""Run an RL method on a built-in task or on the user's prompts and rewards: the library behind ``segrl train``.
 
-:func:`train` builds the pieces (model preset, the task's train and held-out splits, the task's reward), runs TRL's
-``GRPOTrainer`` (the baseline), segrl's ``SPOTrainer``, its ``DenseRewardTrainer`` (dense rewards from a segment
-reward model, PPO with a value model or critic-free) or its ``DRLCTrainer`` (dense rewards from a critic's spans),
-and writes into ``output_dir``:
+:func:`train` builds the pieces (model preset; the task's train and held-out splits and its reward, or the user's
+files and reward functions, :mod:`segrl.user_data`), runs TRL's ``GRPOTrainer`` (the baseline), segrl's
+``SPOTrainer``, its ``DenseRewardTrainer`` (dense rewards from a segment reward model, PPO with a value model or
+critic-free) or its ``DRLCTrainer`` (dense rewards from a critic's spans), and writes into ``output_dir``:
 
-- ``config.json``: the resolved run and trainer configuration, package versions and the git commit;
+- ``config.json``: the resolved run and trainer configuration, the SHA-256 of the user's data files, package
+  versions and the git commit;
 - ``metrics.jsonl``: one JSON object per logging step (TRL's metrics, ``segments/*``, ``eval/*``), appended and
   flushed line by line so that a crash loses nothing already logged;
 - ``checkpoint-<step>/`` every ``save_steps`` steps, marked complete once written; ``--resume`` continues from the
@@ -16,7 +17,9 @@ Held-out accuracy is measured every ``eval_every`` steps (and at the start and t
 per held-out prompt at the training temperature, plus greedy decoding (``eval/accuracy``, ``eval/accuracy_greedy``,
 and the task's own held-out metrics where it has them, e.g. ``eval/box_iou`` for ``grounding``). The task's
 training rewards are its ``reward_funcs`` where it has several (``grounding``: format, box IoU², mask IoU², summed
-by TRL and logged one by one as ``rewards/<name>/mean``), else its ``reward``.
+by TRL and logged one by one as ``rewards/<name>/mean``), else its ``reward``. With ``--reward_funcs`` the
+held-out score is the weighted sum of the user's functions (``eval/reward``, ``eval/reward_greedy``); with
+``--train_file`` and no ``--eval_file`` there is no held-out evaluation.
 """
 
 from __future__ import annotations
@@ -34,6 +37,7 @@ from transformers import PrinterCallback, TrainerCallback
 from segrl.checkpoints import RESUME_HELP, start_run
 from segrl.errors import UserError
 from segrl.files import replace_dir, write_text_atomic
+from segrl.user_data import RewardEvaluation, file_digest, load_prompts, load_reward_functions
 
 METHODS = ("grpo", "spo", "dense", "drlc")
 
@@ -42,7 +46,26 @@ METHODS = ("grpo", "spo", "dense", "drlc")
 class RunArguments:
     """What to train on; the trainer's own fields live in ``GRPOConfig`` / ``SPOConfig``."""
 
-    task: str = field(default="arith", metadata={"help": "Built-in task (see segrl.tasks)."})
+    task: str = field(default="arith", metadata={"help": "Built-in task (see segrl.tasks): its prompts, reward and "
+                                                         "default model, where no --train_file / --reward_funcs."})
+    train_file: str | None = field(
+        default=None,
+        metadata={"help": "Your prompts instead of the task's: a JSONL file (a 'prompt' per line, text or chat "
+                          "messages, plus the columns your reward functions read) or what datasets.load_dataset "
+                          "opens (split 'train'); every row is used (--train_examples applies to task data)."},
+    )
+    eval_file: str | None = field(
+        default=None,
+        metadata={"help": "Held-out prompts, as --train_file (split 'test'). With --train_file and no --eval_file "
+                          "there is no held-out evaluation."},
+    )
+    reward_funcs: list[str] | None = field(
+        default=None,
+        metadata={"help": "Reward functions instead of the task's, as module:function (my_rewards:exact_match; "
+                          "the module importable from the working directory or the installed packages), in TRL's "
+                          "signature; --reward_weights weighs them. Held-out evaluation then logs their weighted "
+                          "sum as eval/reward."},
+    )
     model: str | None = field(
         default=None,
         metadata={"help": "Policy: a preset (tiny-<task>, smollm2-135m), a local directory or a hub id "
@@ -65,11 +88,14 @@ class RunLogger(TrainerCallback):
     ``wall_seconds`` (training time since the start, evaluation excluded) and is flushed as it is written. With
     ``max_generated_tokens``, training stops after the first logged step that reaches it.
     Evaluation records repeat the latest ``tokens/generated``, so that accuracy can be plotted against cost; they
-    also go into ``state.log_history``."""
+    also go into ``state.log_history``. ``task`` scores the held-out completions (a task module, whose mean reward
+    is logged as ``eval/accuracy``, or a :class:`segrl.user_data.RewardEvaluation`, ``eval/reward``); with
+    ``eval_set`` None there is no held-out evaluation."""
 
     def __init__(self, path: Path, task, eval_set, eval_every: int, temperature: float, max_new_tokens: int,
                  max_generated_tokens: int | None = None):
         self.path, self.task, self.eval_set, self.eval_every = path, task, eval_set, eval_every
+        self.score = getattr(task, "score_name", "accuracy")
         self.max_generated_tokens = max_generated_tokens
         self.temperature, self.max_new_tokens = temperature, max_new_tokens
         self.start = time.perf_counter()
@@ -86,6 +112,8 @@ class RunLogger(TrainerCallback):
     def _evaluate(self, state, model, tokenizer):
         from segrl.tiny import evaluate_metrics
 
+        if self.eval_set is None:
+            return
         eval_start = time.perf_counter()
         model.eval()
         sampled = evaluate_metrics(model, tokenizer, self.task, self.eval_set, greedy=False,
@@ -99,10 +127,11 @@ class RunLogger(TrainerCallback):
         self.start += time.perf_counter() - eval_start
         self.last_eval_step = state.global_step
         budget = f"/{self.max_generated_tokens:,}" if self.max_generated_tokens else ""
-        task_metrics = "".join(f"  {name} {value:.3f}" for name, value in sampled.items() if name != "accuracy")
+        score = self.score
+        task_metrics = "".join(f"  {name} {value:.3f}" for name, value in sampled.items() if name != score)
         if state.is_world_process_zero:
             print(f"step {state.global_step:>4}  generated {self.generated_tokens:,}{budget} tokens  "
-                  f"held-out accuracy {scores['eval/accuracy']:.3f} (greedy {scores['eval/accuracy_greedy']:.3f})"
+                  f"held-out {score} {scores[f'eval/{score}']:.3f} (greedy {scores[f'eval/{score}_greedy']:.3f})"
                   f"{task_metrics}  train {time.perf_counter() - self.start:.0f}s, "
                   f"eval {time.perf_counter() - eval_start:.0f}s", flush=True)
         state.log_history.append(self._write(state, scores))
@@ -113,7 +142,7 @@ class RunLogger(TrainerCallback):
             records = [json.loads(line) for line in self.path.read_text(encoding="utf-8").splitlines()]
             self.start -= records[-1]["wall_seconds"]
             self.generated_tokens = int(records[-1].get("tokens/generated", 0))
-            self.last_eval_step = max((r["step"] for r in records if "eval/accuracy" in r), default=None)
+            self.last_eval_step = max((r["step"] for r in records if f"eval/{self.score}" in r), default=None)
             return
         self._evaluate(state, model, processing_class)
 
@@ -128,7 +157,7 @@ class RunLogger(TrainerCallback):
             self._evaluate(state, model, processing_class)
 
     def on_train_end(self, args, state, control, model=None, processing_class=None, **kwargs):
-        if self.last_eval_step != state.global_step:  # the last step was not logged on its own
+        if self.last_eval_step != state.global_step:  # not evaluated right after the last step's log
             self._evaluate(state, model, processing_class)
 
 
@@ -141,6 +170,20 @@ def run_record() -> dict:
     except (OSError, subprocess.CalledProcessError):
         commit = None
     return {"versions": versions, "git_commit": commit}
+
+
+def _datasets(run: RunArguments, task, seed: int):
+    """The training prompts and the held-out ones (None: no held-out evaluation): the user's files where given,
+    else the task's generated splits."""
+    if run.train_file:
+        train_set = load_prompts(run.train_file, "train", "--train_file")
+    else:
+        train_set = task.make_dataset("train", run.train_examples, seed=seed)
+    if run.eval_file:
+        eval_set = load_prompts(run.eval_file, "test", "--eval_file")
+    else:
+        eval_set = None if run.train_file else task.make_dataset("test", run.eval_examples, seed=seed)
+    return train_set, eval_set
 
 
 def train(method: str, run: RunArguments, config) -> Path:
@@ -173,18 +216,24 @@ def train(method: str, run: RunArguments, config) -> Path:
             "held-out accuracy is measured right after a step's log"
         )
     task = get_task(run.task)
-    reward_funcs = list(getattr(task, "reward_funcs", [task.reward]))
+    if run.reward_funcs:
+        reward_funcs = load_reward_functions(run.reward_funcs)
+        evaluation = RewardEvaluation(reward_funcs, config.reward_weights)
+    else:
+        reward_funcs, evaluation = list(getattr(task, "reward_funcs", [task.reward])), task
+    if config.reward_weights is not None and len(config.reward_weights) != len(reward_funcs):
+        raise UserError(f"--reward_weights has {len(config.reward_weights)} weights for {len(reward_funcs)} reward "
+                        "function(s)")
     if method == "dense" and config.reward_model and config.reward_weights is None:
         config.reward_weights = [0.0] * len(reward_funcs)  # the segment RM is the reward; the task's is only logged
+    train_set, eval_set = _datasets(run, task, config.seed)
     device = "cpu" if config.use_cpu else None
     run.model = run.model or f"tiny-{run.task}"
     model, tokenizer = load_model(run.model, cache_dir=run.cache_dir, seed=config.seed, device=device)
     tokenizer.padding_side = "left"
-    train_set = task.make_dataset("train", run.train_examples, seed=config.seed)
-    eval_set = task.make_dataset("test", run.eval_examples, seed=config.seed)
 
     out = Path(config.output_dir)
-    logger = RunLogger(out / "metrics.jsonl", task, eval_set, run.eval_every, config.temperature,
+    logger = RunLogger(out / "metrics.jsonl", evaluation, eval_set, run.eval_every, config.temperature,
                        config.max_completion_length, run.max_generated_tokens)
     extra = {}
     if method == "dense" and config.reward_model:
@@ -204,7 +253,9 @@ def train(method: str, run: RunArguments, config) -> Path:
 
     # Every input (model, reward model, normaliser, critic) loaded: only now is the output directory touched.
     main_process = config.process_index == 0  # under `accelerate launch` only the main process writes files
-    resolved = {"method": method, "run": asdict(run), "trainer": config.to_dict(), **run_record()}
+    inputs = {name: {"path": path, "sha256": file_digest(path)} for name, path in
+              (("train_file", run.train_file), ("eval_file", run.eval_file)) if path}
+    resolved = {"method": method, "run": asdict(run), "trainer": config.to_dict(), "inputs": inputs, **run_record()}
     checkpoint = start_run(out, run.resume, resolved, main_process)
     trainer.train(resume_from_checkpoint=checkpoint)
     save_final(trainer, out)  # complete or not at all; every process calls it (ZeRO-3/FSDP gather)

@@ -20,7 +20,6 @@ a prompt is text or a list of chat messages (as in the dataset) and a response i
 
 from __future__ import annotations
 
-import importlib
 import logging
 import math
 from collections.abc import Callable
@@ -202,14 +201,9 @@ def load_scorer(spec: str, policy=None, policy_tokenizer=None, device=None, batc
 
         return FunctionScorer(get_task(spec).reward, name=spec)
     if ":" in spec and not Path(spec).exists():
-        module_name, _, attr = spec.partition(":")
-        try:
-            fn = getattr(importlib.import_module(module_name), attr)
-        except (ImportError, AttributeError) as err:
-            raise UserError(f"--reward {spec}: cannot import {attr!r} from {module_name!r} ({err})") from err
-        if not callable(fn):
-            raise UserError(f"--reward {spec}: {attr!r} is not callable")
-        return FunctionScorer(fn, name=spec)
+        from segrl.user_data import import_function
+
+        return FunctionScorer(import_function(spec, "--reward"), name=spec)
     return _load_model_scorer(spec, policy, policy_tokenizer, device, batch_size)
 
 
