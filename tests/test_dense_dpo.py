@@ -9,12 +9,11 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from trl import DPOConfig, DPOTrainer
 
 from segrl.errors import UserError
+from segrl.losses import dense_dpo_loss, segment_margins
 from segrl.trainers.dense_dpo import (
     DataCollatorForDensePreference,
     DenseDPOConfig,
     DenseDPOTrainer,
-    dense_dpo_loss,
-    segment_margins,
     validate_dense_dpo_row,
 )
 

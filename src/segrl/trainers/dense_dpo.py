@@ -24,8 +24,8 @@ response is "first") with segments S_f⁰, S_f¹:
 A pair whose labels are all ties contributes zero loss and zero gradient (``dense_dpo/tied_pairs`` counts them); a
 batch made only of such pairs has loss 0 (kept in the graph, so every process takes the same backward pass). With one
 segment per response covering every completion token and the label +1, L is exactly TRL's ``loss_type="sigmoid"``
-DPO loss (a test checks it against ``DPOTrainer`` on the same batch). :func:`segment_margins` and
-:func:`dense_dpo_loss` are the pure tensor functions; the trainer only feeds them.
+DPO loss (a test checks it against ``DPOTrainer`` on the same batch). :func:`segrl.losses.segment_margins` and
+:func:`segrl.losses.dense_dpo_loss` are the pure tensor functions; the trainer only feeds them.
 
 Defaults: β = 0.1 (TRL's ``beta``); every other ``DPOConfig`` field keeps TRL's meaning and default.
 
@@ -99,7 +99,6 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from accelerate.utils import is_peft_model
 from datasets import Dataset, IterableDataset
 from trl import DPOConfig, DPOTrainer
@@ -107,8 +106,8 @@ from trl.trainer.dpo_trainer import DataCollatorForPreference
 from trl.trainer.utils import pad
 
 from segrl import guards
-from segrl import segmentation as seg
 from segrl.errors import UserError
+from segrl.losses import dense_dpo_loss, segment_margins
 from segrl.trainers.guarded import GuardedTrainerMixin
 from segrl.trainers.resumable import ResumableTrainerMixin
 
@@ -118,8 +117,6 @@ __all__ = [
     "DenseDPOConfig",
     "DenseDPOTrainer",
     "check_dense_dpo_args",
-    "dense_dpo_loss",
-    "segment_margins",
     "validate_dense_dpo_row",
 ]
 
@@ -127,61 +124,6 @@ DENSE_DPO_COLUMNS = (
     "prompt_ids", "chosen_ids", "rejected_ids", "chosen_segment_ids", "rejected_segment_ids", "segment_labels",
 )
 _SIDES = ("chosen", "rejected")
-
-
-# ------------------------------------------------------------------------------------------------ pure core
-
-
-def segment_margins(
-    policy_logps: torch.Tensor,
-    ref_logps: torch.Tensor,
-    chosen_segment_ids: torch.Tensor,
-    rejected_segment_ids: torch.Tensor,
-    num_segments: int,
-    beta: float,
-) -> torch.Tensor:
-    """Per-segment DPO margins h_f = β·[Σ_{S_f⁰} log-ratio(y⁰) − Σ_{S_f¹} log-ratio(y¹)].
-
-    Args:
-        policy_logps: (2B, T) float, per-token log π_θ of each sequence's tokens; rows 0..B-1 are the first
-            responses y⁰ (``chosen``), rows B..2B-1 the second ones y¹ (``rejected``), as in TRL's DPO batch.
-        ref_logps: (2B, T) float, the same under π_ref.
-        chosen_segment_ids: (B, T) long, segment of each y⁰ token, -1 where no segment (prompt, padding, EOS...).
-        rejected_segment_ids: (B, T) long, the same for y¹.
-        num_segments: F, the number of output columns; must exceed every id.
-        beta: β.
-
-    Returns:
-        (B, F) float, differentiable in ``policy_logps``; a segment a row does not have gets 0 (entries of the
-        log-probs off every segment are ignored, even NaN).
-    """
-    ratios = policy_logps - ref_logps
-    chosen, rejected = ratios.chunk(2, dim=0)
-    return beta * (
-        seg.segment_sum(chosen, chosen_segment_ids, num_segments)
-        - seg.segment_sum(rejected, rejected_segment_ids, num_segments)
-    )
-
-
-def dense_dpo_loss(margins: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """DenseDPO loss from the segment margins and labels.
-
-    Args:
-        margins: (B, F) float, h_f from :func:`segment_margins`.
-        labels: (B, F) int, l_f in {-1, 0, 1} (0: tie, also the padding of rows with fewer segments).
-
-    Returns:
-        ``loss``: scalar, the mean of the per-pair losses over the pairs with at least one non-zero label (0, still
-        attached to ``margins``' graph with a zero gradient, when there is none);
-        ``pair_losses``: (B,), −(1/|{f: l_f ≠ 0}|) Σ_{l_f ≠ 0} log σ(l_f·h_f), 0 for a pair of ties.
-    """
-    labelled = labels != 0
-    per_segment = torch.where(labelled, -F.logsigmoid(labels.to(margins.dtype) * margins), margins.new_zeros(()))
-    counts = labelled.sum(dim=1)
-    pair_losses = per_segment.sum(dim=1) / counts.clamp(min=1)
-    has_label = counts > 0
-    loss = (pair_losses * has_label).sum() / has_label.sum().clamp(min=1)
-    return loss, pair_losses
 
 
 # ---------------------------------------------------------------------------------------------------- data
