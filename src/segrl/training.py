@@ -80,6 +80,17 @@ class RunArguments:
     )
     cache_dir: str | None = field(default=None, metadata={"help": "Preset cache [default: $SEGRL_CACHE]."})
     resume: bool = field(default=False, metadata={"help": RESUME_HELP})
+    use_peft: bool = field(
+        default=False,
+        metadata={"help": "Train a LoRA adapter (peft) instead of every weight; the reference (KL, SPO's and the "
+                          "dense trainer's) is the model with the adapter off; final/ holds the merged model (the "
+                          "adapter alone under DeepSpeed or FSDP)."},
+    )
+    lora_r: int = field(default=16, metadata={"help": "LoRA rank (TRL's default)."})
+    lora_alpha: int = field(default=32, metadata={"help": "LoRA scaling numerator (TRL's default)."})
+    lora_dropout: float = field(default=0.05, metadata={"help": "LoRA dropout (TRL's default)."})
+    lora_target_modules: list[str] | None = field(
+        default=None, metadata={"help": "Modules to adapt [default: peft's choice for the architecture]."})
 
 
 class RunLogger(TrainerCallback):
@@ -243,6 +254,12 @@ def train(method: str, run: RunArguments, config) -> Path:
             config.reward_model, tokenizer, config.normalizer, config.interpolation, device=model.device,
             batch_size=config.per_device_train_batch_size,
         )
+    if run.use_peft:
+        from peft import LoraConfig
+
+        extra["peft_config"] = LoraConfig(task_type="CAUSAL_LM", r=run.lora_r, lora_alpha=run.lora_alpha,
+                                          lora_dropout=run.lora_dropout, target_modules=run.lora_target_modules,
+                                          bias="none")
     trainer_class = {"grpo": TokenCountingGRPOTrainer, "spo": SPOTrainer, "dense": DenseRewardTrainer,
                      "drlc": DRLCTrainer}[method]
     trainer = trainer_class(
@@ -258,6 +275,9 @@ def train(method: str, run: RunArguments, config) -> Path:
     resolved = {"method": method, "run": asdict(run), "trainer": config.to_dict(), "inputs": inputs, **run_record()}
     checkpoint = start_run(out, run.resume, resolved, main_process)
     trainer.train(resume_from_checkpoint=checkpoint)
+    if run.use_peft and not (trainer.is_fsdp_enabled or trainer.is_deepspeed_enabled):
+        # final/ holds a plain model that every segrl command loads (sharded runs save TRL's adapter files).
+        trainer.model = trainer.accelerator.unwrap_model(trainer.model).merge_and_unload()
     save_final(trainer, out)  # complete or not at all; every process calls it (ZeRO-3/FSDP gather)
     if isinstance(trainer, DenseRewardTrainer) and trainer.value_model is not None:
         partial = out / "value_model.partial"
