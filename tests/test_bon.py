@@ -90,6 +90,7 @@ def test_run_writes_rows_in_input_order_and_a_summary(tmp_path):
     assert not (tmp_path / "decode.jsonl.partial").exists()
     saved = json.loads((tmp_path / "decode.summary.json").read_text())
     assert saved["note"] == "test" and saved["skipped"] == 1 and saved["prompts"] == 4
+    assert saved["versions"]["trl"] and saved["versions"]["segrl"] and "git_commit" in saved  # reproducibility
     decoded = [r for r in rows if r["error"] is None]
     assert saved["mean_reward"] == pytest.approx(sum(r["reward"] for r in decoded) / 3)
     assert saved["rm_calls"] == sum(r["rm_calls"] for r in decoded)

@@ -90,3 +90,19 @@ def test_train_a_lora_adapter(random_model_dir, tmp_path, method, extra):
     kl = {"spo": "kl", "dense": "dense/kl"}.get(method)
     if kl:
         assert steps[0][kl] == pytest.approx(0.0, abs=1e-6) and steps[1][kl] != 0
+
+
+def test_the_evaluation_line_says_how_much_training_is_left(tmp_path):
+    import time
+    from types import SimpleNamespace
+
+    from segrl.training import RunLogger
+
+    logger = RunLogger(tmp_path / "m.jsonl", None, None, 10, 1.0, 8, max_generated_tokens=1000)
+    logger.start = time.perf_counter() - 30  # 30 s of training so far
+    assert logger._left(SimpleNamespace(global_step=5, max_steps=20)) == ", about 1m30s of training left"
+    logger.generated_tokens = 500  # the budget is further along than the steps: it decides
+    assert logger._left(SimpleNamespace(global_step=5, max_steps=20)) == ", about 30s of training left"
+    logger.start, logger.generated_tokens = time.perf_counter() - 7200, 0
+    assert logger._left(SimpleNamespace(global_step=1, max_steps=3)) == ", about 4h00m of training left"
+    assert logger._left(SimpleNamespace(global_step=0, max_steps=3)) == ""  # nothing to extrapolate from yet

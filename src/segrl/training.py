@@ -144,8 +144,22 @@ class RunLogger(TrainerCallback):
             print(f"step {state.global_step:>4}  generated {self.generated_tokens:,}{budget} tokens  "
                   f"held-out {score} {scores[f'eval/{score}']:.3f} (greedy {scores[f'eval/{score}_greedy']:.3f})"
                   f"{task_metrics}  train {time.perf_counter() - self.start:.0f}s, "
-                  f"eval {time.perf_counter() - eval_start:.0f}s", flush=True)
+                  f"eval {time.perf_counter() - eval_start:.0f}s{self._left(state)}", flush=True)
         state.log_history.append(self._write(state, scores))
+
+    def _left(self, state) -> str:
+        """The training time left (evaluations excluded), from the share done of ``max_steps`` or of the token
+        budget, whichever is further."""
+        done = state.global_step / state.max_steps if state.max_steps > 0 else 0.0
+        if self.max_generated_tokens:
+            done = max(done, self.generated_tokens / self.max_generated_tokens)
+        if not 0 < done < 1:
+            return ""
+        seconds = round((time.perf_counter() - self.start) * (1 - done) / done)
+        minutes, seconds = divmod(seconds, 60)
+        hours, minutes = divmod(minutes, 60)
+        left = f"{hours}h{minutes:02d}m" if hours else f"{minutes}m{seconds:02d}s" if minutes else f"{seconds}s"
+        return f", about {left} of training left"
 
     def on_train_begin(self, args, state, control, model=None, processing_class=None, **kwargs):
         self.start = time.perf_counter()
@@ -174,7 +188,8 @@ class RunLogger(TrainerCallback):
 
 def run_record() -> dict:
     """Package versions and git commit, for reproducibility."""
-    versions = {name: metadata.version(name) for name in ("segrl", "torch", "transformers", "trl")}
+    versions = {name: metadata.version(name) for name in ("segrl", "torch", "transformers", "trl", "accelerate",
+                                                           "peft", "datasets", "tokenizers")}
     try:
         commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=True,
                                 cwd=Path(__file__).parent).stdout.strip()

@@ -105,7 +105,10 @@ def run(method: str, model, tokenizer, scorer, prompts: list[Any], config: Cards
     results.sort(key=lambda r: r.index)
     lines = "".join(json.dumps(_jsonable(r.to_dict()), ensure_ascii=False) + "\n" for r in results)
     write_text_atomic(out, lines)
-    summary = {"method": method, "config": asdict(config), **(extra or {}), **summarize(results, wall_time)}
+    from segrl.training import run_record
+
+    summary = {"method": method, "config": asdict(config), **(extra or {}), **summarize(results, wall_time),
+               **run_record()}
     write_text_atomic(out.with_name(out.stem + ".summary.json"), json.dumps(_jsonable(summary), indent=2) + "\n")
     partial.unlink()
     return summary
