@@ -91,8 +91,9 @@ ALLOWED = {
                                                       "the commit in config.json",
     ("tasks/__init__.py", "get_task", "importlib.import_module"): "the module comes from the fixed TASKS table; "
                                                                    "an unknown name is a UserError",
-    ("decoding/scorers.py", "load_scorer", "importlib.import_module"): "the user's explicit --reward "
-                                                                        "package.module:function, never data",
+    ("user_data.py", "import_function", "importlib.import_module"): "the user's explicit module:function of "
+                                                                     "train --reward_funcs or decode --reward, "
+                                                                     "never data",
 }
 UNSAFE_MODULES = {"pickle", "cPickle", "_pickle", "marshal", "shelve", "dill", "cloudpickle", "joblib"}
 

@@ -8,8 +8,9 @@
   :mod:`segrl.aligned_pairs`).
 
 Both write ``config.json``, ``metrics.jsonl`` (every trainer log, flushed line by line), ``checkpoint-<step>/``
-every ``save_steps`` (``--resume`` continues from the newest complete one: :mod:`segrl.checkpoints`) and ``final/``
-(model and tokenizer, safetensors) into ``output_dir``. The reference model is TRL's: a frozen copy of the starting weights.
+every ``save_steps`` (``--resume`` continues from the newest complete one: :mod:`segrl.checkpoints`), ``final/``
+(model and tokenizer, safetensors) and, at the end, ``report.html`` (:func:`segrl.report.write_run_report`) into
+``output_dir``. The reference model is TRL's: a frozen copy of the starting weights.
 """
 
 from __future__ import annotations
@@ -44,6 +45,7 @@ def train_preference(method: str, run: PreferenceRunArguments, config) -> Path:
     from trl import DPOTrainer
 
     from segrl.models import load_pretrained, resolve_model_path
+    from segrl.report import write_run_report
     from segrl.reward_training import JsonlLogger, save_final
     from segrl.trainers.dense_dpo import DENSE_DPO_COLUMNS, DenseDPOTrainer, validate_dense_dpo_row
     from segrl.trainers.resumable import ResumableTrainerMixin
@@ -86,6 +88,7 @@ def train_preference(method: str, run: PreferenceRunArguments, config) -> Path:
     trainer.remove_callback(PrinterCallback)
     trainer.train(resume_from_checkpoint=checkpoint)
     save_final(trainer, out)
+    write_run_report(out, main_process)  # last: a report that fails is a warning, the run stays complete
     return out
 
 

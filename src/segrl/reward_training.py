@@ -6,7 +6,8 @@ The pipeline of Yin et al. 2025 on any ``prompt/chosen/rejected`` data:
 1. :func:`prepare` cuts every response with the reference model's entropy (:mod:`segrl.prepare`) and stamps each
    row with the threshold (``segment_threshold``) and the model (``segment_reference``);
 2. :func:`train_reward_model` trains a :class:`segrl.trainers.segment_rm.SegmentRewardTrainer` on the prepared
-   file and writes ``final/`` (the model, safetensors, and its tokenizer), ``config.json`` and ``metrics.jsonl``;
+   file and writes ``final/`` (the model, safetensors, and its tokenizer), ``config.json``, ``metrics.jsonl`` and,
+   at the end, ``report.html`` (:func:`segrl.report.write_run_report`);
 3. :func:`fit_normalizer` scores a held-out prepared file with the trained model and fits the location-aware
    normaliser (segment and token variants) or the global one (bandit) into a JSON file;
 4. ``segrl train dense --reward_model DIR --normalizer FILE`` uses both as the dense reward of RL.
@@ -182,6 +183,7 @@ def train_reward_model(run: RewardRunArguments, config) -> Path:
     from transformers import PrinterCallback
 
     from segrl.models import refuse_remote_code, resolve_model_path
+    from segrl.report import write_run_report
     from segrl.segment_rm import new_reward_model
     from segrl.trainers.segment_rm import SegmentRewardTrainer
     from segrl.training import run_record
@@ -221,6 +223,7 @@ def train_reward_model(run: RewardRunArguments, config) -> Path:
     if eval_set is not None:
         trainer.evaluate()
     save_final(trainer, out, tokenizer)
+    write_run_report(out, main_process)  # last: a report that fails is a warning, the run stays complete
     return out
 
 

@@ -11,7 +11,10 @@ critic-free) or its ``DRLCTrainer`` (dense rewards from a critic's spans), and w
   flushed line by line so that a crash loses nothing already logged;
 - ``checkpoint-<step>/`` every ``save_steps`` steps, marked complete once written; ``--resume`` continues from the
   newest complete one (:mod:`segrl.checkpoints`);
-- ``final/``: the trained model and tokenizer (safetensors); ``value_model/``: the dense trainer's value model (PPO's critic), if any.
+- ``final/``: the trained model and tokenizer (safetensors); ``value_model/``: the dense trainer's value model (PPO's
+  critic), if any;
+- ``report.html``: plots of every logged metric and the example completion, written last by
+  :func:`segrl.report.write_run_report` (a report that fails is a warning; the run stays complete).
 
 Held-out accuracy is measured every ``eval_every`` steps (and at the start and the end) by sampling one completion
 per held-out prompt at the training temperature, plus greedy decoding (``eval/accuracy``, ``eval/accuracy_greedy``,
@@ -219,6 +222,7 @@ def train(method: str, run: RunArguments, config) -> Path:
     Returns the output directory.
     """
     from segrl.models import load_model
+    from segrl.report import write_run_report  # matplotlib: imported only by a run that needs it
     from segrl.reward_training import save_final
     from segrl.tasks import get_task
     from segrl.trainers.grpo import TokenCountingGRPOTrainer
@@ -303,4 +307,5 @@ def train(method: str, run: RunArguments, config) -> Path:
             replace_dir(partial, out / "value_model")
     if main_process and getattr(trainer, "last_example", None) is not None:
         write_text_atomic(out / "example.json", json.dumps(trainer.last_example) + "\n")
+    write_run_report(out, main_process)  # last: a report that fails is a warning, the run stays complete
     return out

@@ -17,7 +17,7 @@ paper's λ is not in the spec; TRL's documentation suggests 0.01). Inputs are th
 4. writes ``final/`` (model and tokenizer, safetensors; ``remedy.json``; ``calibration.json``),
    ``config.json`` and ``metrics.jsonl`` (TRL's ``accuracy``, ``margin``, ... per logging step) into
    ``output_dir``, with ``checkpoint-<step>/`` every ``save_steps`` steps (``--resume`` continues from the newest
-   complete one: :mod:`segrl.checkpoints`).
+   complete one: :mod:`segrl.checkpoints`), and last ``report.html`` (:func:`segrl.report.write_run_report`).
 """
 
 from __future__ import annotations
@@ -85,6 +85,7 @@ def train_remedy(run: RemedyRunArguments, config) -> Path:
     from segrl.remedy.calibration import fit_calibration
     from segrl.remedy.data import make_pairs, split_by_source
     from segrl.remedy.scoring import CALIBRATION, MODEL_INFO, score
+    from segrl.report import write_run_report
     from segrl.reward_training import JsonlLogger, save_final
     from segrl.trainers.resumable import ResumableTrainerMixin
     from segrl.training import run_record
@@ -138,4 +139,5 @@ def train_remedy(run: RemedyRunArguments, config) -> Path:
         write_text_atomic(directory / MODEL_INFO, json.dumps(info, indent=2) + "\n")
 
     save_final(trainer, out, extra=extra)  # with the tokenizer (the trainer's processing class)
+    write_run_report(out, main_process)  # last: a report that fails is a warning, the run stays complete
     return out
