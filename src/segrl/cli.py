@@ -447,14 +447,13 @@ def remedy_train(ctx: typer.Context):
     """Train a ReMedy model on rated translations (default: the toymt task's 2023 ratings, tiny-toymt backbone).
 
     Flags follow TRL's convention: any field of the run (--train_file, --year, --model, --test_fraction, --min_gap,
-    --no_ref, --per_lp_calibration) or of TRL's RewardConfig (--learning_rate, --num_train_epochs,
-    --center_rewards_coefficient, ...) as --name value. `segrl remedy train --help` lists them.
+    --no_ref, --per_lp_calibration) or of RemedyConfig, TRL's RewardConfig (--learning_rate, --num_train_epochs,
+    --center_rewards_coefficient 0.01, ...), as --name value. `segrl remedy train --help` lists them.
     """
-    from trl import RewardConfig
-
     from segrl.remedy.training import RemedyRunArguments, train_remedy
+    from segrl.trainers.remedy import RemedyConfig
 
-    run, config = _parse_trl(list(ctx.args), RemedyRunArguments, RewardConfig, "segrl remedy train", "runs/remedy")
+    run, config = _parse_trl(list(ctx.args), RemedyRunArguments, RemedyConfig, "segrl remedy train", "runs/remedy")
     out = train_remedy(run, config)
     _print_once(f"ReMedy model written to [bold]{out / 'final'}[/] (config.json, metrics.jsonl beside it)",
                 highlight=False)

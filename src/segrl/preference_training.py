@@ -42,13 +42,12 @@ def train_preference(method: str, run: PreferenceRunArguments, config) -> Path:
     """Train with ``method`` ("dpo" or "densedpo") on ``run.train_file``; return the output directory."""
     from datasets import Dataset
     from transformers import AutoModelForCausalLM, PrinterCallback
-    from trl import DPOTrainer
 
     from segrl.models import load_pretrained, resolve_model_path
     from segrl.report import write_run_report
     from segrl.reward_training import JsonlLogger, save_final
-    from segrl.trainers.dense_dpo import DENSE_DPO_COLUMNS, DenseDPOTrainer, validate_dense_dpo_row
-    from segrl.trainers.resumable import ResumableTrainerMixin
+    from segrl.trainers.dense_dpo import (DENSE_DPO_COLUMNS, DenseDPOTrainer, DPOBaselineTrainer,
+                                          validate_dense_dpo_row)
     from segrl.training import run_record
 
     if method not in METHODS:
@@ -79,10 +78,7 @@ def train_preference(method: str, run: PreferenceRunArguments, config) -> Path:
     main_process = config.process_index == 0
     checkpoint = start_run(out, run.resume, resolved, main_process)
 
-    class ResumableDPOTrainer(ResumableTrainerMixin, DPOTrainer):
-        """TRL's DPO with segrl's crash-safe checkpoints."""
-
-    trainer_class = ResumableDPOTrainer if method == "dpo" else DenseDPOTrainer
+    trainer_class = DPOBaselineTrainer if method == "dpo" else DenseDPOTrainer
     trainer = trainer_class(model=model, args=config, train_dataset=Dataset.from_list(rows),
                             processing_class=tokenizer, callbacks=[JsonlLogger(out / METRICS)])
     trainer.remove_callback(PrinterCallback)

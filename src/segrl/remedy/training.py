@@ -2,9 +2,10 @@
 
 Tan & Monz 2025 (arXiv 2504.13630): a decoder LM with a one-scalar head (``AutoModelForSequenceClassification``,
 ``num_labels=1``, read at the last token) is trained on preference pairs of translations of the same source
-(:mod:`segrl.remedy.data`) with TRL's ``RewardTrainer``: the Bradley-Terry loss −log σ(r(x, y⁺) − r(x, y⁻)) plus
-the reward regulariser λ·(r⁺ + r⁻)², TRL's ``center_rewards_coefficient`` (set to 0.01 here when not given: the
-paper's λ is not in the spec; TRL's documentation suggests 0.01). Inputs are the translation requests of
+(:mod:`segrl.remedy.data`) with :class:`segrl.trainers.remedy.RemedyTrainer` (TRL's ``RewardTrainer``): the
+Bradley-Terry loss −log σ(r(x, y⁺) − r(x, y⁻)) plus the reward regulariser λ·(r⁺ + r⁻)², TRL's
+``center_rewards_coefficient`` (0.01 by default: the paper's λ is not in the spec; TRL's documentation suggests
+0.01). Inputs are the translation requests of
 :mod:`segrl.remedy.inputs`, reference-based, or reference-free with ``--no_ref``.
 
 :func:`train_remedy`:
@@ -35,7 +36,7 @@ __all__ = ["RemedyRunArguments", "load_ratings", "train_remedy"]
 
 @dataclass
 class RemedyRunArguments:
-    """What to train on; the trainer's own fields live in TRL's ``RewardConfig``."""
+    """What to train on; the trainer's own fields live in :class:`segrl.trainers.remedy.RemedyConfig`."""
 
     train_file: str | None = field(
         default=None, metadata={"help": "Rated translations (.jsonl or .tsv: lp, src, mt, system, score[, ref, item]); "
@@ -77,9 +78,9 @@ def _pair_dataset(pairs: list[dict], tokenizer, reference_free: bool):
 
 
 def train_remedy(run: RemedyRunArguments, config) -> Path:
-    """Train a ReMedy model (``config``: TRL's ``RewardConfig``); return the output directory (module docstring)."""
+    """Train a ReMedy model (``config``: :class:`segrl.trainers.remedy.RemedyConfig`) with
+    :class:`segrl.trainers.remedy.RemedyTrainer`; return the output directory (module docstring)."""
     from transformers import AutoModelForSequenceClassification, PrinterCallback, set_seed
-    from trl import RewardTrainer
 
     from segrl.models import load_pretrained, resolve_model_path
     from segrl.remedy.calibration import fit_calibration
@@ -87,7 +88,7 @@ def train_remedy(run: RemedyRunArguments, config) -> Path:
     from segrl.remedy.scoring import CALIBRATION, MODEL_INFO, score
     from segrl.report import write_run_report
     from segrl.reward_training import JsonlLogger, save_final
-    from segrl.trainers.resumable import ResumableTrainerMixin
+    from segrl.trainers.remedy import RemedyTrainer
     from segrl.training import run_record
 
     ratings = load_ratings(run, seed=config.seed)
@@ -101,8 +102,6 @@ def train_remedy(run: RemedyRunArguments, config) -> Path:
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     model.config.pad_token_id = tokenizer.pad_token_id
-    if config.center_rewards_coefficient is None:
-        config.center_rewards_coefficient = 0.01
     eval_set = None
     if held_out:
         try:
@@ -117,9 +116,6 @@ def train_remedy(run: RemedyRunArguments, config) -> Path:
     checkpoint = start_run(out, run.resume, resolved, main_process)
     print(f"{len(ratings)} ratings -> {counts['pairs']} training pairs ({counts['ties']} ties dropped, "
           f"{counts['below_min_gap']} below min_gap); {len(held_out)} held-out ratings", flush=True)
-
-    class RemedyTrainer(ResumableTrainerMixin, RewardTrainer):
-        """TRL's reward trainer with segrl's crash-safe checkpoints."""
 
     trainer = RemedyTrainer(model=model, args=config, train_dataset=_pair_dataset(pairs, tokenizer, run.no_ref),
                             eval_dataset=eval_set, processing_class=tokenizer, callbacks=[JsonlLogger(out / METRICS)])

@@ -113,6 +113,7 @@ from segrl.trainers.resumable import ResumableTrainerMixin
 
 __all__ = [
     "DENSE_DPO_COLUMNS",
+    "DPOBaselineTrainer",
     "DataCollatorForDensePreference",
     "DenseDPOConfig",
     "DenseDPOTrainer",
@@ -386,3 +387,9 @@ class DenseDPOTrainer(GuardedTrainerMixin, ResumableTrainerMixin, DPOTrainer):
         metrics["dense_dpo/tied_pairs"].append(tied)
         if total_labelled > 0:
             metrics["dense_dpo/segment_accuracy"].append(total_correct / total_labelled)
+
+
+class DPOBaselineTrainer(GuardedTrainerMixin, ResumableTrainerMixin, DPOTrainer):
+    """TRL's DPO as it is, with the numerical guards and crash-safe checkpoints of :class:`DenseDPOTrainer`: the
+    baseline that ``segrl train dpo`` runs, so that the two differ only in their loss."""
+
