@@ -147,3 +147,46 @@ def test_reference_free_model_refuses_references(backbone, tmp_path):
     assert model.config.num_labels == 1
     assert json.loads((tmp_path / "out" / "final" / "remedy.json").read_text())["reference_free"] is True
     shutil.rmtree(tmp_path / "out")
+
+
+def write_wmt(root):
+    """rows() in WMT's mt-metrics-eval layout: per language pair a source and a reference file, one output file per
+    system, and the system's segment scores (one 'None': unrated)."""
+    for lp in ("en-de", "en-cs"):
+        mine = [r for r in rows() if r["lp"] == lp]
+        sources = list(dict.fromkeys(r["src"] for r in mine))
+        for folder in ("sources", "references", "human-scores", f"system-outputs/{lp}"):
+            (root / folder).mkdir(parents=True, exist_ok=True)
+        (root / "sources" / f"{lp}.txt").write_text("".join(s + "\n" for s in sources))
+        (root / "references" / f"{lp}.refA.txt").write_text("".join(f"Die Suppe {i} war heiss.\n"
+                                                                     for i in range(len(sources))))
+        scores = []
+        for system in SYSTEMS:
+            outputs = [r for r in mine if r["system"] == system]
+            (root / "system-outputs" / lp / f"{system}.txt").write_text("".join(r["mt"] + "\n" for r in outputs))
+            scores += [f"{system}\t{'None' if (system, i) == ('fair', 0) else r['score']}\n"
+                       for i, r in enumerate(outputs)]
+        (root / "human-scores" / f"{lp}.seg.mqm.score").write_text("".join(scores))
+    return root
+
+
+def test_train_and_meta_evaluate_from_a_wmt_directory(backbone, tmp_path):
+    wmt = write_wmt(tmp_path / "wmt")
+    out = tmp_path / "out"
+    result = CliRunner().invoke(app, [
+        "remedy", "train", "--wmt_dir", str(wmt), "--wmt_lps", "en-de", "en-cs", "--model", str(backbone),
+        "--test_fraction", "0.25", "--max_steps", "2", "--per_device_train_batch_size", "4", "--report_to", "none",
+        "--save_strategy", "no", "--output_dir", str(out)])
+    assert result.exit_code == 0, result.output
+    assert "en-de: 35 rated translations (1 unrated skipped)" in result.output
+    config = json.loads((out / "config.json").read_text())
+    assert config["ratings"]["train"] + config["ratings"]["held_out"] == 70
+    assert config["trainer"]["center_rewards_coefficient"] == 0.01  # RemedyConfig's default
+    result = CliRunner().invoke(app, ["remedy", "meta-eval", "--metric", "chrf", "--wmt-dir", str(wmt), "--lp",
+                                      "en-de", "--permutations", "20", "-o", str(tmp_path / "m.json")])
+    assert result.exit_code == 0, result.output
+    saved = json.loads((tmp_path / "m.json").read_text())
+    assert set(saved["results"]) == {"en-de", "average"} and saved["ratings"] == f"{wmt} (en-de)"
+    result = CliRunner().invoke(app, ["remedy", "train", "--wmt_dir", str(wmt), "--model", str(backbone),
+                                      "--output_dir", str(tmp_path / "x")])
+    assert result.exit_code == 2 and "--wmt_dir needs --wmt_lps" in result.output

@@ -495,6 +495,12 @@ def remedy_meta_eval(
     metric: Annotated[str, typer.Option("--metric", help="A ReMedy model directory, or a baseline: chrf, bleu.")],
     ratings: Annotated[Optional[Path], typer.Option(help="Human-rated translations (.jsonl/.tsv, as for train); "
                                                          "default: the toymt task's ratings of --year.")] = None,
+    wmt_dir: Annotated[Optional[Path], typer.Option(help="An mt-metrics-eval data directory (WMT layout) instead "
+                                                         "of --ratings.")] = None,
+    lps: Annotated[Optional[list[str]], typer.Option("--lp", help="A language pair to read from --wmt-dir "
+                                                               "(repeat).")] = None,
+    wmt_ref: Annotated[str, typer.Option(help="Reference name in --wmt-dir.")] = "refA",
+    wmt_scores: Annotated[str, typer.Option(help="Human scores in --wmt-dir.")] = "mqm",
     year: Annotated[str, typer.Option(help="toymt year to evaluate on (train on the other one).")] = "2024",
     num_sources: Annotated[int, typer.Option(help="toymt sources per language pair.")] = 200,
     output: Annotated[Optional[Path], typer.Option("--output", "-o", help="Write the results as JSON here.")] = None,
@@ -511,8 +517,9 @@ def remedy_meta_eval(
     from segrl.remedy.meta_eval import COLUMNS, meta_evaluate, metric_scores
     from segrl.remedy.training import RemedyRunArguments, load_ratings
 
-    rated = read_ratings(ratings) if ratings else load_ratings(
-        RemedyRunArguments(year=year, num_sources=num_sources), seed=seed)
+    rated = read_ratings(ratings) if ratings else load_ratings(RemedyRunArguments(
+        wmt_dir=str(wmt_dir) if wmt_dir else None, wmt_lps=lps, wmt_ref=wmt_ref, wmt_scores=wmt_scores, year=year,
+        num_sources=num_sources), seed=seed)
     with status_console.status(f"Scoring {len(rated)} translations with {metric} ..."):
         scores = metric_scores(rated, metric, batch_size=batch_size)
     results = meta_evaluate(rated, scores, num_permutations=permutations, seed=seed)
@@ -521,5 +528,6 @@ def remedy_meta_eval(
         console.print(f"| {lp} | " + " | ".join(f"{values[c]:.4f}" if c in values else "" for c in COLUMNS) + " |",
                       highlight=False)
     if output is not None:
-        write_text_atomic(output, json.dumps({"metric": metric, "ratings": str(ratings or f"toymt {year}"),
+        source = ratings or (f"{wmt_dir} ({', '.join(lps or [])})" if wmt_dir else f"toymt {year}")
+        write_text_atomic(output, json.dumps({"metric": metric, "ratings": str(source),
                                               "results": results}, indent=2) + "\n")

@@ -10,8 +10,9 @@ Bradley-Terry loss −log σ(r(x, y⁺) − r(x, y⁻)) plus the reward regulari
 
 :func:`train_remedy`:
 
-1. reads rated translations (``--train_file``: JSONL/TSV, see :func:`segrl.remedy.data.read_ratings`; or the
-   ``toymt`` task's ratings of ``--year``), holds out ``--test_fraction`` of the *sources* (never a source in both);
+1. reads rated translations (``--train_file``: JSONL/TSV, see :func:`segrl.remedy.data.read_ratings`; ``--wmt_dir``
+   with ``--wmt_lps``: WMT's mt-metrics-eval layout, :func:`segrl.remedy.data.read_wmt`; or the ``toymt`` task's
+   ratings of ``--year``), holds out ``--test_fraction`` of the *sources* (never a source in both);
 2. builds pairs (ties dropped, ``--min_gap``), tokenizes them once, and trains;
 3. scores the held-out ratings (or, with no held-out source, the training ones) and fits the calibration
    temperature on them (:mod:`segrl.remedy.calibration`; per language pair with ``--per_lp_calibration``);
@@ -41,6 +42,12 @@ class RemedyRunArguments:
     train_file: str | None = field(
         default=None, metadata={"help": "Rated translations (.jsonl or .tsv: lp, src, mt, system, score[, ref, item]); "
                                         "default: the toymt task's ratings of --year."})
+    wmt_dir: str | None = field(
+        default=None, metadata={"help": "An mt-metrics-eval data directory (WMT layout: sources/, references/, "
+                                        "system-outputs/, human-scores/) instead of --train_file."})
+    wmt_lps: list[str] | None = field(default=None, metadata={"help": "Language pairs to read from --wmt_dir."})
+    wmt_ref: str = field(default="refA", metadata={"help": "Reference name in --wmt_dir (references/<lp>.<ref>.txt)."})
+    wmt_scores: str = field(default="mqm", metadata={"help": "Human scores in --wmt_dir (<lp>.seg.<name>.score)."})
     year: str = field(default="2023", metadata={"help": "toymt year to train on when no --train_file is given."})
     num_sources: int = field(default=400, metadata={"help": "toymt sources per language pair."})
     model: str = field(default="tiny-toymt", metadata={"help": "Backbone: a preset, a local directory or a hub id."})
@@ -53,11 +60,23 @@ class RemedyRunArguments:
 
 
 def load_ratings(run: RemedyRunArguments, seed: int = 0):
-    """The rated translations of ``run``: its file, or the toymt task's ratings of ``run.year``."""
-    from segrl.remedy.data import ratings_from_rows, read_ratings
+    """The rated translations of ``run``: its file, its WMT directory's language pairs, or the toymt task's ratings
+    of ``run.year``."""
+    from segrl.remedy.data import ratings_from_rows, read_ratings, read_wmt
 
+    if run.train_file and run.wmt_dir:
+        raise UserError("give --train_file or --wmt_dir, not both")
     if run.train_file:
         return read_ratings(run.train_file)
+    if run.wmt_dir:
+        if not run.wmt_lps:
+            raise UserError("--wmt_dir needs --wmt_lps (the language pairs to read, e.g. en-de zh-en)")
+        ratings = []
+        for lp in run.wmt_lps:
+            rated, unrated = read_wmt(run.wmt_dir, lp, ref=run.wmt_ref, scores=run.wmt_scores)
+            print(f"{lp}: {len(rated)} rated translations ({unrated} unrated skipped) from {run.wmt_dir}", flush=True)
+            ratings += rated
+        return ratings
     from segrl.tasks import toymt
 
     if run.year not in toymt.YEARS:
