@@ -142,3 +142,10 @@ def test_train_drlc_cli_with_the_lexicon_critic(random_model_dir, tmp_path):
     step = next(r for r in records if "loss" in r)
     assert {"critic/unparsed", "critic/reward", "dense/reward", "rewards/reward/mean"} <= set(step)
     assert (tmp_path / "drlc" / "final" / "model.safetensors").is_file()
+
+
+def test_the_lexicon_critic_on_a_task_without_sentiment_is_refused(random_model_dir, tmp_path):
+    result = CliRunner().invoke(app, ["train", "drlc", "--model", str(random_model_dir), "--output_dir",
+                                      str(tmp_path / "drlc")])  # the default task is arith
+    assert result.exit_code == 2 and "the lexicon critic marks sentiment words" in result.output
+    assert not (tmp_path / "drlc").exists()

@@ -246,6 +246,9 @@ def train(method: str, run: RunArguments, config) -> Path:
             "held-out accuracy is measured right after a step's log"
         )
     task = get_task(run.task)
+    if method == "drlc" and config.critic == "lexicon" and run.task != "sentiment" and not run.train_file:
+        raise UserError(f"the lexicon critic marks sentiment words, which {run.task} completions do not have: use "
+                        "--task sentiment (e.g. with --model smollm2-135m), or --critic self / a critic model")
     if run.reward_funcs:
         reward_funcs = load_reward_functions(run.reward_funcs)
         evaluation = RewardEvaluation(reward_funcs, config.reward_weights)
