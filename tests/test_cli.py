@@ -1,6 +1,7 @@
 """The `segrl` command line: the segment command end to end, and one clear error per kind of bad input."""
 
 import json
+from pathlib import Path
 
 import pytest
 from typer.testing import CliRunner
@@ -78,3 +79,23 @@ def test_bad_model_is_one_clear_message(tmp_path, model, message):
 def test_error_text_with_brackets_is_printed_verbatim():
     result = run("segment", "--response", "hi", "--method", "[bold]x[/bold]")
     assert result.exit_code == 2 and "Unknown --method '[bold]x[/bold]'" in result.output
+
+
+def test_segrl_defaults_give_way_to_a_config_file_and_to_flags(tmp_path):
+    """segrl's defaults (seed 0 where TRL's is 42, as it also names the tiny-<task> preset; the output directory;
+    use_cpu on a machine without CUDA) are defaults: a --config file overrides them, and a flag overrides both."""
+    from trl import GRPOConfig
+
+    from segrl.cli import _parse_trl
+    from segrl.training import RunArguments
+
+    config_file = tmp_path / "run.yaml"
+    config_file.write_text(f"seed: 7\noutput_dir: {tmp_path / 'from-yaml'}\n")
+    seen = {}
+    for name, args in {"default": [], "flag": ["--seed", "5", "--output-dir", str(tmp_path / "flag")],
+                       "config": ["--config", str(config_file)],
+                       "both": ["--config", str(config_file), "--seed", "9"]}.items():
+        _, config = _parse_trl(args, RunArguments, GRPOConfig, "segrl train grpo", str(tmp_path / "default"))
+        seen[name] = (config.seed, Path(config.output_dir).name, config.use_cpu)
+    assert seen == {"default": (0, "default", True), "flag": (5, "flag", True), "config": (7, "from-yaml", True),
+                    "both": (9, "from-yaml", True)}

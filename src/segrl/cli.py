@@ -36,7 +36,8 @@ ModelOption = Annotated[
 ]
 CacheOption = Annotated[
     Optional[Path],
-    typer.Option(help="Where presets are built and cached (default: $SEGRL_CACHE or ~/.cache/segrl).", show_default=False),
+    typer.Option("--cache-dir", "--cache_dir",
+                 help="Where presets are built and cached (default: $SEGRL_CACHE or ~/.cache/segrl).", show_default=False),
 ]
 
 
@@ -98,17 +99,19 @@ def segment(
     ] = None,
     html: Annotated[Path, typer.Option(help="Where to write the HTML page.")] = Path("segments.html"),
     threshold: Annotated[float, typer.Option(help="entropy: a token with entropy > threshold (nats) opens a segment.")] = 2.0,
-    tau_u: Annotated[float, typer.Option(help="uncertainty: entropy >= tau_u ends a segment (CARDS).")] = 3.0,
-    min_len: Annotated[int, typer.Option(help="uncertainty: fewest tokens before a segment may end.")] = 4,
-    max_len: Annotated[int, typer.Option(help="uncertainty: most tokens per segment.")] = 64,
+    tau_u: Annotated[float, typer.Option("--tau-u", "--tau_u", help="uncertainty: entropy >= tau_u ends a segment (CARDS).")] = 3.0,
+    min_len: Annotated[int, typer.Option("--min-len", "--min_len", help="uncertainty: fewest tokens before a segment may end.")] = 4,
+    max_len: Annotated[int, typer.Option("--max-len", "--max_len", help="uncertainty: most tokens per segment.")] = 64,
     rho: Annotated[float, typer.Option(help="cutpoint: a token with probability < rho is a cutpoint (SPO).")] = 0.9,
     interval: Annotated[int, typer.Option(help="cutpoint: keep every interval-th cutpoint (SPO int5).")] = 5,
     temperature: Annotated[float, typer.Option(help="Sampling temperature: of the generated response and of cutpoint probabilities.")] = 1.0,
     length: Annotated[int, typer.Option(help="fixed: tokens per segment.")] = 16,
     delimiter: Annotated[str, typer.Option(help="delimiter: newline | blank_line | sentence.")] = "sentence",
-    max_new_tokens: Annotated[int, typer.Option(help="Length cap of a generated response.")] = 96,
+    max_new_tokens: Annotated[int, typer.Option("--max-new-tokens", "--max_new_tokens", help="Length cap of a generated response.")] = 96,
     seed: Annotated[int, typer.Option(help="Seed of the generated response (and of tiny-<task> presets).")] = 0,
-    chat_template: Annotated[bool, typer.Option(help="Wrap the prompt in the model's chat template, if it has one.")] = True,
+    chat_template: Annotated[bool, typer.Option(
+        "--chat-template/--no-chat-template", "--chat_template/--no_chat_template",
+        help="Wrap the prompt in the model's chat template, if it has one.")] = True,
     cache_dir: CacheOption = None,
 ):
     """Cut responses into segments under a model; show them in colour and write an HTML page with token signals."""
@@ -161,23 +164,23 @@ def _print_once(*args, **kwargs) -> None:
         console.print(*args, **kwargs)
 
 
-def _has_flag(args: list[str], name: str) -> bool:
-    return name in args or any(a.startswith(name + "=") for a in args)
-
-
 def _parse_trl(args: list[str], run_class, config_class, prog: str, output_dir: str):
-    """Parse TRL-style flags (``--config run.yaml``, ``--name value``) into (run arguments, trainer config); on a
-    CPU-only machine default to ``--use_cpu true --bf16 false``; default ``--output_dir``."""
+    """Parse TRL-style flags (``--config run.yaml``, ``--name value``) into (run arguments, trainer config).
+
+    segrl's defaults, which a ``--config`` file and then the flags override: ``--output_dir`` ``output_dir``; seed 0
+    for every command (TRL's is 42), which also names the tiny-<task> preset, so that `segrl train` after
+    `segrl quickstart` or `prepare-segments` uses the same one; on a CPU-only machine ``--use_cpu true --bf16 false``
+    (TRL's configs default to bf16, which a CPU refuses or emulates slowly)."""
     import torch
     import yaml
     from trl import TrlParser
 
-    if not torch.cuda.is_available():  # TRL's configs default to bf16, which a CPU-only run refuses or emulates slowly
-        args = ["--use_cpu", "true", "--bf16", "false", *args]
-    if not _has_flag(args, "--output_dir"):
-        args = [*args, "--output_dir", output_dir]
+    parser = TrlParser((run_class, config_class), prog=prog)
+    parser.set_defaults(output_dir=output_dir, seed=0)
+    if not torch.cuda.is_available():
+        parser.set_defaults(use_cpu=True, bf16=False)
     try:
-        parsed = TrlParser((run_class, config_class), prog=prog).parse_args_and_config(args=args)
+        parsed = parser.parse_args_and_config(args=args)
     except SystemExit as exit_:  # argparse already printed its usage or error message
         raise typer.Exit(0 if exit_.code in (0, None) else 2) from None
     except UserError:
@@ -273,8 +276,8 @@ def prepare_segments(
     model: ModelOption = "tiny-facts",
     threshold: Annotated[float, typer.Option(help="Entropy threshold c (nats): a token drawn from a distribution "
                                                   "with entropy > c opens a segment (paper: 1.75 or 2.0).")] = 2.0,
-    max_length: Annotated[Optional[int], typer.Option(help="Skip pairs longer than this many tokens.")] = None,
-    batch_size: Annotated[int, typer.Option(help="Sequences per forward pass.")] = 16,
+    max_length: Annotated[Optional[int], typer.Option("--max-length", "--max_length", help="Skip pairs longer than this many tokens.")] = None,
+    batch_size: Annotated[int, typer.Option("--batch-size", "--batch_size", help="Sequences per forward pass.")] = 16,
     seed: Annotated[int, typer.Option(help="Seed of tiny-<task> presets.")] = 0,
     cache_dir: CacheOption = None,
 ):
@@ -300,9 +303,10 @@ def fit_normalizer_command(
     reward_model: Annotated[str, typer.Argument(help="Directory of a reward model (`segrl train rm`'s final/).")],
     data: Annotated[Path, typer.Argument(help="Prepared held-out JSONL (`segrl prepare-segments`).")],
     output: Annotated[Path, typer.Option("--output", "-o", help="Where the normaliser's JSON goes.")],
-    batch_size: Annotated[int, typer.Option(help="Pairs per forward pass.")] = 32,
+    batch_size: Annotated[int, typer.Option("--batch-size", "--batch_size", help="Pairs per forward pass.")] = 32,
     sigma_floor: Annotated[Optional[float], typer.Option(
-        help="Lower bound of σ(p) (default: 0.1 x the std of all fitted rewards).", show_default=False)] = None,
+        "--sigma-floor", "--sigma_floor", help="Lower bound of σ(p) (default: 0.1 x the std of all fitted rewards).",
+        show_default=False)] = None,
 ):
     """Fit the reward normaliser: location-aware μ(p), σ(p) by Huber regression on ln p (global mean/std for bandit)."""
     from segrl.reward_training import fit_normalizer
@@ -319,11 +323,11 @@ def fit_normalizer_command(
 @app.command()
 @user_errors
 def quickstart(
-    output_dir: Annotated[Path, typer.Option(help="Where the runs and report.html go.")] = Path("runs/quickstart"),
-    token_budget: Annotated[int, typer.Option(help="Generated tokens (policy + MC) per method.")] = 150_000,
+    output_dir: Annotated[Path, typer.Option("--output-dir", "--output_dir", help="Where the runs and report.html go.")] = Path("runs/quickstart"),
+    token_budget: Annotated[int, typer.Option("--token-budget", "--token_budget", help="Generated tokens (policy + MC) per method.")] = 150_000,
     seed: Annotated[int, typer.Option(help="Seed of the preset, the data and sampling.")] = 0,
-    eval_examples: Annotated[int, typer.Option(help="Held-out problems per evaluation.")] = 200,
-    eval_every: Annotated[int, typer.Option(help="Evaluate every this many steps.")] = 5,
+    eval_examples: Annotated[int, typer.Option("--eval-examples", "--eval_examples", help="Held-out problems per evaluation.")] = 200,
+    eval_every: Annotated[int, typer.Option("--eval-every", "--eval_every", help="Evaluate every this many steps.")] = 5,
     model: Annotated[str, typer.Option(help="The policy every method starts from.")] = "tiny-arith",
     cache_dir: CacheOption = None,
 ):
@@ -347,21 +351,26 @@ def decode(
     prompts: Annotated[Optional[Path], typer.Option(
         help="JSONL file of rows with a 'prompt' (text or chat messages); instead of --task.", show_default=False)] = None,
     task: Annotated[str, typer.Option(help="Built-in task whose test prompts are decoded when --prompts is not given.")] = "sentiment",
-    num_prompts: Annotated[int, typer.Option(help="How many task prompts (or the first N of --prompts; 0: all of the file).")] = 16,
+    num_prompts: Annotated[int, typer.Option(
+        "--num-prompts", "--num_prompts",
+        help="How many task prompts (or the first N of --prompts; 0: all of the file).")] = 16,
     output: Annotated[Path, typer.Option("--output", "-o", help="JSONL of responses; the totals go to <stem>.summary.json.")] = Path("runs/decode/decode.jsonl"),
     n: Annotated[int, typer.Option(help="bon: samples per prompt.")] = 4,
     target_reward: Annotated[Optional[float], typer.Option(
+        "--target-reward", "--target_reward",
         help="cards: r*, the target reward. Default: mean + 0.5 std of vanilla rewards on the first 16 prompts.",
         show_default=False)] = None,
     alpha: Annotated[float, typer.Option(help="cards: r0 = (1 - alpha) RM(x) + alpha r*.")] = 0.5,
     beta: Annotated[float, typer.Option(help="cards: soft acceptance min(1, exp((r - tau)/beta)).")] = 0.7,
     acceptance: Annotated[str, typer.Option(help="cards: soft or hard (r >= tau).")] = "soft",
-    tau_u: Annotated[float, typer.Option(help="cards: a segment ends before a token whose entropy is >= tau_u.")] = 3.0,
-    max_rejections: Annotated[int, typer.Option(help="cards: after this many rejections in a row, take the best candidate.")] = 20,
-    max_new_tokens: Annotated[int, typer.Option(help="Response length cap (L_max).")] = 128,
-    top_k: Annotated[int, typer.Option(help="Sample from the top-k tokens.")] = 40,
+    tau_u: Annotated[float, typer.Option("--tau-u", "--tau_u", help="cards: a segment ends before a token whose entropy is >= tau_u.")] = 3.0,
+    max_rejections: Annotated[int, typer.Option(
+        "--max-rejections", "--max_rejections",
+        help="cards: after this many rejections in a row, take the best candidate.")] = 20,
+    max_new_tokens: Annotated[int, typer.Option("--max-new-tokens", "--max_new_tokens", help="Response length cap (L_max).")] = 128,
+    top_k: Annotated[int, typer.Option("--top-k", "--top_k", help="Sample from the top-k tokens.")] = 40,
     temperature: Annotated[float, typer.Option(help="Sampling temperature.")] = 0.7,
-    batch_size: Annotated[int, typer.Option(help="cards: prompts decoded together; bon/vanilla: sequences.")] = 16,
+    batch_size: Annotated[int, typer.Option("--batch-size", "--batch_size", help="cards: prompts decoded together; bon/vanilla: sequences.")] = 16,
     seed: Annotated[int, typer.Option(help="Seeds task prompts, sampling and acceptance.")] = 0,
     cache_dir: CacheOption = None,
 ):
@@ -467,9 +476,10 @@ def remedy_score(
     mt: Annotated[Path, typer.Option(help="Translations to score, one per line (as many as --src).")],
     lp: Annotated[str, typer.Option(help="Language pair, e.g. en-de.")],
     ref: Annotated[Optional[Path], typer.Option(help="References, one per line (reference-based models).")] = None,
-    no_ref: Annotated[bool, typer.Option("--no-ref", help="Score without references (reference-free models).")] = False,
-    output_dir: Annotated[Path, typer.Option("--output-dir", "-o", help="Where scores.tsv and result.json go.")] = Path("runs/remedy-scores"),
-    batch_size: Annotated[int, typer.Option(help="Translations per forward pass.")] = 32,
+    no_ref: Annotated[bool, typer.Option("--no-ref", "--no_ref", help="Score without references (reference-free models).")] = False,
+    output_dir: Annotated[Path, typer.Option(
+        "--output-dir", "--output_dir", "-o", help="Where scores.tsv and result.json go.")] = Path("runs/remedy-scores"),
+    batch_size: Annotated[int, typer.Option("--batch-size", "--batch_size", help="Translations per forward pass.")] = 32,
 ):
     """Score translations: raw, sigmoid and calibrated scores per line (scores.tsv), the system score and a signature
     (result.json)."""
@@ -495,17 +505,17 @@ def remedy_meta_eval(
     metric: Annotated[str, typer.Option("--metric", help="A ReMedy model directory, or a baseline: chrf, bleu.")],
     ratings: Annotated[Optional[Path], typer.Option(help="Human-rated translations (.jsonl/.tsv, as for train); "
                                                          "default: the toymt task's ratings of --year.")] = None,
-    wmt_dir: Annotated[Optional[Path], typer.Option(help="An mt-metrics-eval data directory (WMT layout) instead "
-                                                         "of --ratings.")] = None,
+    wmt_dir: Annotated[Optional[Path], typer.Option(
+        "--wmt-dir", "--wmt_dir", help="An mt-metrics-eval data directory (WMT layout) instead of --ratings.")] = None,
     lps: Annotated[Optional[list[str]], typer.Option("--lp", help="A language pair to read from --wmt-dir "
                                                                "(repeat).")] = None,
-    wmt_ref: Annotated[str, typer.Option(help="Reference name in --wmt-dir.")] = "refA",
-    wmt_scores: Annotated[str, typer.Option(help="Human scores in --wmt-dir.")] = "mqm",
+    wmt_ref: Annotated[str, typer.Option("--wmt-ref", "--wmt_ref", help="Reference name in --wmt-dir.")] = "refA",
+    wmt_scores: Annotated[str, typer.Option("--wmt-scores", "--wmt_scores", help="Human scores in --wmt-dir.")] = "mqm",
     year: Annotated[str, typer.Option(help="toymt year to evaluate on (train on the other one).")] = "2024",
-    num_sources: Annotated[int, typer.Option(help="toymt sources per language pair.")] = 200,
+    num_sources: Annotated[int, typer.Option("--num-sources", "--num_sources", help="toymt sources per language pair.")] = 200,
     output: Annotated[Optional[Path], typer.Option("--output", "-o", help="Write the results as JSON here.")] = None,
     permutations: Annotated[int, typer.Option(help="Permutations for soft pairwise accuracy.")] = 1000,
-    batch_size: Annotated[int, typer.Option(help="Translations per forward pass (model metrics).")] = 32,
+    batch_size: Annotated[int, typer.Option("--batch-size", "--batch_size", help="Translations per forward pass (model metrics).")] = 32,
     seed: Annotated[int, typer.Option(help="Seeds the toymt ratings and the permutations.")] = 0,
 ):
     """Meta-evaluate a metric against human ratings, WMT style: segment-level acc-eq (tie-calibrated), Kendall tau_b
