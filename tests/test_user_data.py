@@ -76,7 +76,8 @@ def test_prompts_from_a_dataset_directory_and_a_missing_source(tmp_path):
 
 
 def test_reward_functions_by_module_and_name(in_user_dir):
-    first, second = load_reward_functions(["user_rewards_module:has_target", "user_rewards_module:length_penalty"])
+    # module:function, or TRL's dotted module.function
+    first, second = load_reward_functions(["user_rewards_module:has_target", "user_rewards_module.length_penalty"])
     assert first(prompts=["p"], completions=["soup!"], target=["soup"]) == [1.0]
     assert second(prompts=["p"], completions=["abcd"]) == [-0.04]
 
@@ -85,7 +86,7 @@ def test_reward_functions_by_module_and_name(in_user_dir):
     ("no_such_module_xyz:reward", "cannot import 'reward' from 'no_such_module_xyz'"),
     ("user_rewards_module:missing", "cannot import 'missing' from 'user_rewards_module'"),
     ("user_rewards_module:NOT_A_FUNCTION", "'NOT_A_FUNCTION' is not callable"),
-    ("user_rewards_module.has_target", "expected module:function"),
+    ("user_rewards_module.missing", "cannot import 'missing' from 'user_rewards_module'"),
     ("reward", "expected module:function"),
 ])
 def test_bad_reward_paths_are_refused(in_user_dir, path, message):

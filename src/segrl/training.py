@@ -64,10 +64,10 @@ class RunArguments:
     )
     reward_funcs: list[str] | None = field(
         default=None,
-        metadata={"help": "Reward functions instead of the task's, as module:function (my_rewards:exact_match; "
-                          "the module importable from the working directory or the installed packages), in TRL's "
-                          "signature; --reward_weights weighs them. Held-out evaluation then logs their weighted "
-                          "sum as eval/reward."},
+        metadata={"help": "Reward functions instead of the task's, as module:function or module.function "
+                          "(my_rewards:exact_match; the module importable from the working directory or the "
+                          "installed packages), in TRL's signature; --reward_weights weighs them. Held-out "
+                          "evaluation then logs their weighted sum as eval/reward."},
     )
     model: str | None = field(
         default=None,

@@ -5,11 +5,10 @@
   lists, TRL's convention); or anything ``datasets.load_dataset`` opens (a local data directory, a cached hub id)
   with a ``prompt`` column. Every row must have the same columns: a reward function would otherwise see ``None``
   for the rows that lack one.
-- **Reward functions** (:func:`load_reward_functions`): by explicit path, ``my_rewards:exact_match`` (a module
-  importable from the installed packages or the working directory, and a function in it); nothing is imported
-  that the user did not name (TRL's ``trl grpo --reward_funcs`` takes ``my_rewards.exact_match``; segrl keeps the
-  colon, the one form its ``decode --reward`` also takes). They take TRL's signature ``f(prompts, completions,
-  **columns) -> list[float | None]``.
+- **Reward functions** (:func:`load_reward_functions`): by explicit path, ``my_rewards:exact_match`` or, as TRL's
+  ``trl grpo --reward_funcs`` takes it, ``my_rewards.exact_match`` (a module importable from the installed packages
+  or the working directory, and a function in it); nothing is imported that the user did not name. They take
+  TRL's signature ``f(prompts, completions, **columns) -> list[float | None]``.
 - **Held-out evaluation** with user reward functions (:class:`RewardEvaluation`): the weighted sum of the functions
   (``reward_weights``), logged as ``eval/reward`` and ``eval/reward_greedy`` (a built-in task logs ``accuracy``).
 """
@@ -97,8 +96,10 @@ def import_function(spec: str, flag: str) -> Callable:
 
 
 def load_reward_functions(specs: list[str]) -> list[Callable]:
-    """The reward functions of ``--reward_funcs`` (:func:`import_function`)."""
-    return [import_function(spec, "--reward_funcs") for spec in specs]
+    """The reward functions of ``--reward_funcs``: ``module:function``, or TRL's dotted ``module.function``
+    (:func:`import_function`)."""
+    return [import_function(spec if ":" in spec else ":".join(spec.rsplit(".", 1)), "--reward_funcs")
+            for spec in specs]
 
 
 class RewardEvaluation:
