@@ -139,6 +139,12 @@ def test_user_prompts_without_held_out_prompts_train_without_evaluation(random_m
     assert len([r for r in records if "loss" in r]) == 2 and not any(k.startswith("eval/") for r in records for k in r)
 
 
+def test_user_prompts_need_a_model(in_user_dir):
+    result = CliRunner().invoke(app, ["train", "grpo", "--train_file", "train.jsonl", "--output_dir",
+                                      str(in_user_dir / "run"), *TRAIN])
+    assert result.exit_code == 2 and "--train_file needs --model" in result.output
+
+
 def test_reward_weights_must_match_the_functions(random_model_dir, in_user_dir):
     result = CliRunner().invoke(app, ["train", "grpo", "--model", str(random_model_dir), "--reward_funcs",
                                       "user_rewards_module:has_target", "--reward_weights", "1", "2",

@@ -246,6 +246,8 @@ def train(method: str, run: RunArguments, config) -> Path:
             "held-out accuracy is measured right after a step's log"
         )
     task = get_task(run.task)
+    if run.train_file and not run.model:
+        raise UserError("--train_file needs --model: the default tiny-<task> presets know only their task's text")
     if method == "drlc" and config.critic == "lexicon" and run.task != "sentiment" and not run.train_file:
         raise UserError(f"the lexicon critic marks sentiment words, which {run.task} completions do not have: use "
                         "--task sentiment (e.g. with --model smollm2-135m), or --critic self / a critic model")
