@@ -139,3 +139,10 @@ def test_trl_commands_take_either_spelling_and_keep_the_given_output_dir(flag, t
     assert run_args.max_len == 5
     run_args, config = _parse_trl(["--max_len", "4"], _Run, _Config, "segrl train test", "runs/default")
     assert (config.output_dir, run_args.max_len) == ("runs/default", 4)
+
+
+def test_decode_takes_trls_names_for_its_sample_count_and_length():
+    options = {param.name: set(param.opts) for path, command in commands() if path == "decode"
+               for param in command.params}
+    assert {"--num-generations", "--num_generations"} <= options["n"]
+    assert {"--max-completion-length", "--max_completion_length"} <= options["max_new_tokens"]

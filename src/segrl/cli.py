@@ -355,7 +355,8 @@ def decode(
         "--num-prompts", "--num_prompts",
         help="How many task prompts (or the first N of --prompts; 0: all of the file).")] = 16,
     output: Annotated[Path, typer.Option("--output", "-o", help="JSONL of responses; the totals go to <stem>.summary.json.")] = Path("runs/decode/decode.jsonl"),
-    n: Annotated[int, typer.Option(help="bon: samples per prompt.")] = 4,
+    n: Annotated[int, typer.Option("--n", "--num-generations", "--num_generations",
+                                   help="bon: samples per prompt (TRL's num_generations).")] = 4,
     target_reward: Annotated[Optional[float], typer.Option(
         "--target-reward", "--target_reward",
         help="cards: r*, the target reward. Default: mean + 0.5 std of vanilla rewards on the first 16 prompts.",
@@ -367,7 +368,9 @@ def decode(
     max_rejections: Annotated[int, typer.Option(
         "--max-rejections", "--max_rejections",
         help="cards: after this many rejections in a row, take the best candidate.")] = 20,
-    max_new_tokens: Annotated[int, typer.Option("--max-new-tokens", "--max_new_tokens", help="Response length cap (L_max).")] = 128,
+    max_new_tokens: Annotated[int, typer.Option(
+        "--max-new-tokens", "--max_new_tokens", "--max-completion-length", "--max_completion_length",
+        help="Response length cap (L_max; TRL's max_completion_length).")] = 128,
     top_k: Annotated[int, typer.Option("--top-k", "--top_k", help="Sample from the top-k tokens.")] = 40,
     temperature: Annotated[float, typer.Option(help="Sampling temperature.")] = 0.7,
     batch_size: Annotated[int, typer.Option("--batch-size", "--batch_size", help="cards: prompts decoded together; bon/vanilla: sequences.")] = 16,
