@@ -1,8 +1,8 @@
 """Kill a training run with SIGKILL, resume it with ``--resume``, and compare with the run that was not interrupted.
 
 For each training command (``train spo`` chain and tree with its replay buffer, ``train dense`` with PPO's value
-model, ``train grpo``, ``train drlc`` with self-critique, ``train rm``, ``train densedpo``, ``remedy train``), on a
-tiny random model on the CPU under a fixed seed:
+model, ``train grpo`` (also with a LoRA adapter), ``train drlc`` with self-critique, ``train rm``,
+``train densedpo``, ``remedy train``), on a tiny random model on the CPU under a fixed seed:
 
 1. the uninterrupted run (8 steps, a checkpoint every 2);
 2. the same run killed with SIGKILL once step 5 was logged (checkpoints 2 and 4 complete, metrics of step 5 written,
@@ -160,6 +160,8 @@ def _command(case: str, policy: Path, data: Path, out: Path) -> list[str]:
                      "--segment_length", "3", "--replay_iterations", "2", "--replay_per_prompt", "3", *common],
         "dense_gae": ["train", "dense", *rl, *common],
         "grpo": ["train", "grpo", *rl, *common],
+        "grpo_lora": ["train", "grpo", *rl, "--use_peft", "--lora_r", "4", "--lora_target_modules", "q_proj", "v_proj",
+                      *common],  # the checkpoints hold the adapter; final/ the merged model
         # Self-critique: the policy, as it is at each step, answers the critic prompt (greedy, rarely parsable).
         "drlc_self": ["train", "drlc", *rl, "--critic", "self", "--critic_max_new_tokens", "8", *common],
         "rm": ["train", "rm", *base, "--train_file", str(data / "prepared.jsonl"), "--per_device_train_batch_size",
@@ -172,7 +174,7 @@ def _command(case: str, policy: Path, data: Path, out: Path) -> list[str]:
     }[case]
 
 
-CASES = ["spo_chain", "spo_tree", "dense_gae", "grpo", "drlc_self", "rm", "densedpo", "remedy"]
+CASES = ["spo_chain", "spo_tree", "dense_gae", "grpo", "grpo_lora", "drlc_self", "rm", "densedpo", "remedy"]
 
 
 @pytest.mark.parametrize("case", CASES)
