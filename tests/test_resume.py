@@ -224,6 +224,24 @@ def test_checkpoints_cut_off_mid_write_are_skipped(policy, data, tmp_path):
     _same_parameters(killed, whole, data / "base")
 
 
+def test_a_run_stopped_by_its_token_budget_resumes_to_the_same_end(policy, data, tmp_path):
+    """The step that reaches --max_generated_tokens writes no checkpoint (final/ holds it): a run killed before
+    final/ resumes from the checkpoint before, trains to the same step, and stops there again."""
+    whole, killed = tmp_path / "whole", tmp_path / "killed"
+    budget = ["--save_steps", "1", "--max_generated_tokens", "60"]  # the later flag wins
+    assert _run([*_command("grpo", policy, data, whole), *budget]).returncode == 0
+    last = max(r["step"] for r in _metrics(whole))
+    assert 1 < last < 8 and (whole / "final").is_dir()  # stopped by the budget, before max_steps
+    assert (whole / f"checkpoint-{last - 1}" / MARKER).is_file() and not (whole / f"checkpoint-{last}").exists()
+    shutil.copytree(whole, killed)
+    shutil.rmtree(killed / "final")  # as a kill after the last step, before final/ was written
+    result = _run([*_command("grpo", policy, data, killed), *budget, "--resume"])
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert f"checkpoint-{last - 1}" in result.stdout
+    assert _metrics(killed) == _metrics(whole)
+    _same_parameters(killed, whole, policy)
+
+
 def test_a_fresh_run_refuses_a_directory_with_checkpoints(data, tmp_path):
     (tmp_path / "rm" / "checkpoint-2").mkdir(parents=True)
     result = CliRunner().invoke(app, _command("rm", data / "base", data, tmp_path / "rm"))

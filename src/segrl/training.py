@@ -181,6 +181,9 @@ class RunLogger(TrainerCallback):
         is_step_log = "loss" in logs
         if self.max_generated_tokens is not None and self.generated_tokens >= self.max_generated_tokens:
             control.should_training_stop = True
+            # No checkpoint at the last step (final/ holds it): resumed from one, transformers would train a step
+            # more before it checks the stop; resumed from the one before, the run ends here again.
+            control.should_save = False
         if is_step_log and (state.global_step % self.eval_every == 0 or state.global_step == state.max_steps):
             self._evaluate(state, model, processing_class)
 
