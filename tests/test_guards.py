@@ -210,6 +210,9 @@ def test_nonfinite_gradient_skips_the_step_and_training_goes_on(rl, caplog):
     assert not same(after[1], after[0]) and same(after[2], after[1]) and not same(after[3], after[2])
     assert logged(trainer, "guards/skipped_steps") == [(1, 0.0), (2, 1.0), (3, 1.0)]
     assert "Step 2: the gradient norm is nan; optimizer step skipped" in caplog.text
+    # The linear schedule does not advance past the skipped step: step 3 trains at step 2's rate.
+    rates = [rate for _, rate in logged(trainer, "learning_rate")]
+    assert rates[0] > rates[1] == rates[2] > 0
 
 
 # ------------------------------------------------------------------------------------------------ dense

@@ -15,7 +15,8 @@ A non-finite loss either stops the run (``guard_loss_action = "stop"``: :class:`
 the step and the micro-batch's samples) or marks the optimizer step for skipping (``"skip"``, with a warning naming
 them). A non-finite gradient norm always skips. A skipped optimizer step sets every gradient to None, so that torch's
 optimizers leave the parameters *and* their state as they were (zero gradients would not: Adam's momentum and weight
-decay would still move the weights). The step still counts: ``global_step`` and the learning-rate schedule advance.
+decay would still move the weights). ``global_step`` still advances; the learning-rate schedule does not, as after
+an fp16 overflow (the step is marked skipped for accelerate, which transformers reads).
 ``guards/skipped_steps`` (cumulative) is logged at every step; ``max_consecutive_skips`` (3) skips in a row stop the
 run. Subclasses flag a micro-batch whose problem the loss does not show (e.g. a non-finite reward-model score left
 out of the loss) with :meth:`_guard_flag`, which the loss check treats as a non-finite loss. The skip counts are part
@@ -161,6 +162,10 @@ class GuardedTrainerMixin:
                 for param in group["params"]:
                     param.grad = None  # torch's optimizers then leave the parameter and its state untouched
             logger.warning("Step %d: %s; optimizer step skipped (parameters unchanged)", step, reason)
+        if getattr(self.optimizer, "scaler", None) is None and hasattr(self.optimizer, "_is_overflow"):
+            # accelerate's "this step was skipped" (set by its fp16 loss scaler, which is not in use here):
+            # transformers then leaves the learning-rate schedule where it was, as after an fp16 overflow.
+            self.optimizer._is_overflow = skip
         self.skip_counter.limit = self.max_consecutive_skips
         try:
             self.skip_counter.record(skip, step, reason or "")
