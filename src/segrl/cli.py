@@ -250,21 +250,21 @@ def train(
         from segrl.reward_training import train_reward_model
 
         out = train_reward_model(run, config)
-        _print_once(f"Reward model written to [bold]{out / 'final'}[/] (config.json, metrics.jsonl beside it)",
-                    highlight=False)
+        _print_once(f"Reward model written to [bold]{out / 'final'}[/] (config.json, metrics.jsonl, report.html "
+                    "beside it)", highlight=False)
         return
     if method in ("dpo", "densedpo"):
         from segrl.preference_training import train_preference
 
         out = train_preference(method, run, config)
-        _print_once(f"Policy written to [bold]{out / 'final'}[/] (config.json, metrics.jsonl beside it)",
-                    highlight=False)
+        _print_once(f"Policy written to [bold]{out / 'final'}[/] (config.json, metrics.jsonl, report.html beside "
+                    "it)", highlight=False)
         return
     from segrl.training import train as run_training
 
     assert method in METHODS
     out = run_training(method, run, config)
-    _print_once(f"Run written to [bold]{out}[/]: config.json, metrics.jsonl, final/", highlight=False)
+    _print_once(f"Run written to [bold]{out}[/]: config.json, metrics.jsonl, report.html, final/", highlight=False)
 
 
 @app.command("prepare-segments")
@@ -467,8 +467,8 @@ def remedy_train(ctx: typer.Context):
 
     run, config = _parse_trl(list(ctx.args), RemedyRunArguments, RemedyConfig, "segrl remedy train", "runs/remedy")
     out = train_remedy(run, config)
-    _print_once(f"ReMedy model written to [bold]{out / 'final'}[/] (config.json, metrics.jsonl beside it)",
-                highlight=False)
+    _print_once(f"ReMedy model written to [bold]{out / 'final'}[/] (config.json, metrics.jsonl, report.html beside "
+                "it)", highlight=False)
 
 
 @remedy_app.command("score")
