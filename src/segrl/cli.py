@@ -525,6 +525,8 @@ def remedy_meta_eval(
     and tau_c grouped by source item; system-level pairwise accuracy and soft pairwise accuracy."""
     import json
 
+    from rich.progress import Progress
+
     from segrl.files import write_text_atomic
     from segrl.remedy.data import read_ratings
     from segrl.remedy.meta_eval import COLUMNS, meta_evaluate, metric_scores
@@ -533,8 +535,10 @@ def remedy_meta_eval(
     rated = read_ratings(ratings) if ratings else load_ratings(RemedyRunArguments(
         wmt_dir=str(wmt_dir) if wmt_dir else None, wmt_lps=lps, wmt_ref=wmt_ref, wmt_scores=wmt_scores, year=year,
         num_sources=num_sources), seed=seed)
-    with status_console.status(f"Scoring {len(rated)} translations with {metric} ..."):
-        scores = metric_scores(rated, metric, batch_size=batch_size)
+    with Progress(console=status_console, transient=True) as bar:  # a bar with its ETA (model metrics report it)
+        job = bar.add_task(f"Scoring {len(rated)} translations with {metric}", total=len(rated))
+        scores = metric_scores(rated, metric, batch_size=batch_size,
+                               progress=lambda done: bar.update(job, completed=done))
     results = meta_evaluate(rated, scores, num_permutations=permutations, seed=seed)
     console.print("| language pair | " + " | ".join(COLUMNS) + " |\n|" + "---|" * (len(COLUMNS) + 1), highlight=False)
     for lp, values in results.items():
