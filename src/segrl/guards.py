@@ -114,6 +114,13 @@ class SkipCounter:
     total: int = 0
     consecutive: int = 0
 
+    def state(self) -> dict:
+        """The counts, for a checkpoint (:meth:`restore` takes them back; ``limit`` is configuration)."""
+        return {"total": self.total, "consecutive": self.consecutive}
+
+    def restore(self, state: dict) -> None:
+        self.total, self.consecutive = state["total"], state["consecutive"]
+
     def record(self, skipped: bool, step: int, reason: str = "") -> None:
         if not skipped:
             self.consecutive = 0

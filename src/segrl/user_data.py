@@ -57,10 +57,10 @@ def load_prompts(source: str, split: str, flag: str):
         raise UserError(f"{flag}: cannot open '{source}' (split '{split}'): {str(err).splitlines()[0]}") from err
     if "prompt" not in dataset.column_names:
         raise UserError(f"{flag} {source}: no 'prompt' column (columns: {', '.join(dataset.column_names)})")
-    for index, prompt in enumerate(dataset["prompt"]):
-        _check_prompt(prompt, f"{flag} {source}, row {index}")
     if len(dataset) == 0:
         raise UserError(f"{flag} {source} holds no rows")
+    for index, prompt in enumerate(dataset["prompt"]):
+        _check_prompt(prompt, f"{flag} {source}, row {index}")
     return dataset
 
 

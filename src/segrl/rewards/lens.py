@@ -175,33 +175,33 @@ def _column(name: str, values: Any, n: int) -> list:
     return list(values)
 
 
+def _ious(completions, name: str, truths, read_truth, iou) -> list[float | None]:
+    """``iou(parsed box, read_truth(truth))`` of each completion with its ground truth in column ``name``: 0.0 for
+    an unparsed answer, None where the ground truth is None; the ground truth is read (validated) either way."""
+    ious: list[float | None] = []
+    for text, truth in zip(_texts(completions), _column(name, truths, len(completions))):
+        if truth is None:
+            ious.append(None)
+            continue
+        truth = read_truth(truth)
+        pred = parse_box(text)
+        ious.append(0.0 if pred is None else float(iou(pred, truth)))
+    return ious
+
+
 def box_ious(completions, box) -> list[float | None]:
     """Plain IoU of each completion's parsed box (:func:`parse_box`) with its ``box`` ground truth: 0.0 for an
     unparsed answer, None where the ground truth is None; :class:`UserError` for a missing or malformed column."""
-    ious: list[float | None] = []
-    for text, gt in zip(_texts(completions), _column("box", box, len(completions))):
-        if gt is None:
-            ious.append(None)
-            continue
-        gt_box = _gt_box(gt)  # validated even when the answer is unparsed
-        pred = parse_box(text)
-        ious.append(0.0 if pred is None else float(box_iou(torch.tensor([pred], dtype=torch.float64), gt_box[None])[0]))
-    return ious
+    return _ious(completions, "box", box, _gt_box,
+                 lambda pred, gt: box_iou(torch.tensor([pred], dtype=torch.float64), gt[None])[0])
 
 
 def mask_ious(completions, mask) -> list[float | None]:
     """Plain IoU of each completion's rasterised parsed box with its ``mask`` ground truth (RLE) on the mask's
     grid: 0.0 for an unparsed answer, None where the ground truth is None; :class:`UserError` for a missing or
     malformed column."""
-    ious: list[float | None] = []
-    for text, gt in zip(_texts(completions), _column("mask", mask, len(completions))):
-        if gt is None:
-            ious.append(None)
-            continue
-        gt_mask = rle_decode(gt)  # validated even when the answer is unparsed
-        pred = parse_box(text)
-        ious.append(0.0 if pred is None else float(mask_iou(rasterize_box(pred, *gt_mask.shape)[None], gt_mask[None])[0]))
-    return ious
+    return _ious(completions, "mask", mask, rle_decode,
+                 lambda pred, gt: mask_iou(rasterize_box(pred, *gt.shape)[None], gt[None])[0])
 
 
 def format_reward(prompts, completions, **kwargs) -> list[float]:

@@ -366,14 +366,11 @@ class DenseRewardTrainer(TokenCountingGRPOTrainer):
     # ---- checkpoints (segrl.trainers.resumable): the value model, its optimizer and its skip counts
 
     def checkpoint_state(self) -> dict:
-        counter = self.value_skip_counter
-        return {**super().checkpoint_state(), "value_skipped_steps": {"total": counter.total,
-                                                                      "consecutive": counter.consecutive}}
+        return {**super().checkpoint_state(), "value_skipped_steps": self.value_skip_counter.state()}
 
     def load_checkpoint_state(self, state: dict) -> None:
         super().load_checkpoint_state(state)
-        self.value_skip_counter.total = state["value_skipped_steps"]["total"]
-        self.value_skip_counter.consecutive = state["value_skipped_steps"]["consecutive"]
+        self.value_skip_counter.restore(state["value_skipped_steps"])
 
     def save_checkpoint_files(self, folder: Path) -> None:
         super().save_checkpoint_files(folder)
@@ -382,12 +379,10 @@ class DenseRewardTrainer(TokenCountingGRPOTrainer):
         if self.is_fsdp_enabled:  # gather the shards of the weights and of AdamW's state: every process takes part
             weights, optimizer = get_state_dict(self.value_model, self.value_optimizer,
                                                 options=StateDictOptions(full_state_dict=True, cpu_offload=True))
-        if not self.args.should_save:
-            return
-        if self.is_fsdp_enabled:
-            safetensors.torch.save_file(weights, str(folder / VALUE_WEIGHTS))
-            torch.save(optimizer, folder / VALUE_OPTIMIZER)
-        else:
+            if self.args.should_save:
+                safetensors.torch.save_file(weights, str(folder / VALUE_WEIGHTS))
+                torch.save(optimizer, folder / VALUE_OPTIMIZER)
+        elif self.args.should_save:
             safetensors.torch.save_model(self.accelerator.unwrap_model(self.value_model), str(folder / VALUE_WEIGHTS))
             torch.save(self.value_optimizer.state_dict(), folder / VALUE_OPTIMIZER)
 

@@ -62,14 +62,11 @@ class GuardedTrainerMixin:
     # ---- checkpoints (with segrl.trainers.resumable.ResumableTrainerMixin after this class)
 
     def checkpoint_state(self) -> dict:
-        counter = self.skip_counter
-        return {**super().checkpoint_state(), "skipped_steps": {"total": counter.total,
-                                                                "consecutive": counter.consecutive}}
+        return {**super().checkpoint_state(), "skipped_steps": self.skip_counter.state()}
 
     def load_checkpoint_state(self, state: dict) -> None:
         super().load_checkpoint_state(state)
-        self.skip_counter.total = state["skipped_steps"]["total"]
-        self.skip_counter.consecutive = state["skipped_steps"]["consecutive"]
+        self.skip_counter.restore(state["skipped_steps"])
 
     # ---- collectives
 
